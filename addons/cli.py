@@ -1,0 +1,222 @@
+"""The `holdgate` command: run the gateway, check and explain policy, set agents up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from addons.config import EMBEDDED_DEFAULT, Config, load_config
+from addons.yaml_source import SourceError, SourceErrors
+
+EXIT_INVALID = 2
+
+GATEWAY_SCRIPT = Path(__file__).resolve().parent / "gateway.py"
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config) if args.config else None)
+
+
+def _print_errors(e: SourceError | SourceErrors) -> int:
+    errors = e.errors if isinstance(e, SourceErrors) else [e]
+    for err in errors:
+        print(err, file=sys.stderr)
+    return EXIT_INVALID
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from addons.flow_filter import compile_filter
+    from addons.policy import load_policy
+    from addons.rule_tests import run_rule_tests
+
+    try:
+        config = _config(args)
+        loaded = load_policy(config.rule_files(), config, compile_filter)
+    except (SourceError, SourceErrors) as e:
+        return _print_errors(e)
+    failures = run_rule_tests(config, loaded)
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    if failures:
+        return EXIT_INVALID
+    print(
+        f"ok: {config.path}: {len(config.targets)} targets, {len(loaded.policy.rules)} rules "
+        f"in {len(loaded.files)} files, {len(loaded.tests)} rule tests passed"
+    )
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from addons.flow_filter import compile_filter
+    from addons.policy import load_policy
+    from addons.request_facts import Identity
+    from addons.rule_tests import decide_url
+
+    try:
+        config = _config(args)
+        loaded = load_policy(config.rule_files(), config, compile_filter)
+    except (SourceError, SourceErrors) as e:
+        return _print_errors(e)
+    body = Path(args.body).read_bytes() if args.body else b""
+    content_type = args.content_type or ("application/json" if body.lstrip()[:1] in (b"{", b"[") else "")
+    if body and not content_type and body.startswith(b"k8s\x00"):
+        content_type = "application/vnd.kubernetes.protobuf"
+    identity = Identity(agent=args.agent, groups=tuple(args.group)) if args.agent else None
+    decision, facts = decide_url(
+        config,
+        loaded,
+        args.method.upper(),
+        args.url,
+        body=body,
+        content_type=content_type,
+        identity=identity,
+    )
+    info = facts.as_dict()  # type: ignore[attr-defined]
+    out = {
+        "target": info["target"],
+        "method": info["method"],
+        "url": args.url,
+        "kubernetes": info.get("kubernetes"),
+        "exec": info.get("exec"),
+        "identity": info.get("identity"),
+        "rule": decision.rule.id if decision.rule else None,
+        "rule_source": decision.rule.where if decision.rule else None,
+        "action": str(decision.action),
+        "reason": decision.reason,
+    }
+    if info.get("problem"):
+        out["problem"] = info["problem"]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    from addons.gateway_ca import ensure_ca
+
+    try:
+        config = _config(args)
+    except (SourceError, SourceErrors) as e:
+        return _print_errors(e)
+    print(ensure_ca(config.certs_dir))
+    return 0
+
+
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    from addons.gateway_ca import ensure_ca
+    from addons.kubeconfig import KubeconfigError, agent_kubeconfig
+
+    try:
+        config = _config(args)
+    except (SourceError, SourceErrors) as e:
+        return _print_errors(e)
+    proxy_url = args.proxy_url or f"http://{config.listen_host}:{config.listen_port}"
+    try:
+        source = yaml.safe_load(Path(args.kubeconfig).read_text())
+        result = agent_kubeconfig(
+            source,
+            proxy_url=proxy_url,
+            gateway_ca_pem=ensure_ca(config.certs_dir).read_bytes(),
+            context=args.context,
+        )
+    except (OSError, yaml.YAMLError, KubeconfigError, KeyError, TypeError) as e:
+        print(f"holdgate kubeconfig: {args.kubeconfig}: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    out = Path(args.out)
+    out.touch(mode=0o600)
+    out.write_text(yaml.safe_dump(result, sort_keys=False))
+    print(f"wrote {out} (context {result['current-context']}, proxy-url {proxy_url})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from addons.flow_filter import compile_filter
+    from addons.policy import load_policy
+
+    try:
+        config = _config(args)
+        load_policy(config.rule_files(), config, compile_filter)
+    except (SourceError, SourceErrors) as e:
+        print("holdgate: refusing to start, the configuration is invalid:", file=sys.stderr)
+        return _print_errors(e)
+    from mitmproxy.tools.main import mitmdump
+
+    host = args.listen_host or config.listen_host
+    port = config.listen_port if args.listen_port is None else args.listen_port
+    argv = [
+        "-s", str(GATEWAY_SCRIPT),
+        "--set", f"holdgate_config={config.path}",
+        "--set", f"confdir={config.certs_dir}",
+        "--set", "flow_detail=0",
+        "--listen-host", host,
+        "--listen-port", str(port),
+        *args.mitmproxy_args,
+    ]
+    mitmdump(argv)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="holdgate",
+        description="A human-in-the-loop gateway for automated agents (mitmproxy addons).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    config_help = f"gateway configuration (default: the embedded default, {EMBEDDED_DEFAULT})"
+
+    p = sub.add_parser("run", help="run the gateway")
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--listen-host", help="address to listen on (default: from the config)")
+    p.add_argument("--listen-port", type=int, help="port to listen on (default: from the config)")
+    p.add_argument(
+        "mitmproxy_args", nargs=argparse.REMAINDER,
+        help="after --: further mitmdump options, e.g. -- --set termlog_verbosity=debug",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate the config and rules and run the rules' tests")
+    p.add_argument("--config", help=config_help)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("explain", help="show how one request is classified and decided")
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--agent", help="the agent making the request")
+    p.add_argument("--group", action="append", default=[], help="a group of the agent (repeatable)")
+    p.add_argument("--body", help="file holding the request body")
+    p.add_argument("--content-type", help="the body's content type (default: guessed)")
+    p.add_argument("method", help="HTTP method, e.g. GET")
+    p.add_argument("url", help="full URL, e.g. https://kubernetes.default.svc/api/v1/namespaces")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("ca", help="print the path of the gateway CA certificate (created if missing)")
+    p.add_argument("--config", help=config_help)
+    p.set_defaults(func=cmd_ca)
+
+    p = sub.add_parser("kubeconfig", help="write an agent kubeconfig that goes through the gateway")
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--kubeconfig", required=True, help="the kubeconfig to start from")
+    p.add_argument("--out", required=True, help="where to write the agent kubeconfig")
+    p.add_argument("--context", help="the context to use (default: current-context)")
+    p.add_argument("--proxy-url", help="the gateway's URL as agents reach it (default: from the config)")
+    p.set_defaults(func=cmd_kubeconfig)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "mitmproxy_args", None) and args.mitmproxy_args[0] == "--":
+        args.mitmproxy_args = args.mitmproxy_args[1:]
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

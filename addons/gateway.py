@@ -1,0 +1,291 @@
+"""The holdgate mitmproxy addon: route, classify, decide, refuse or pass, stream.
+
+Load it with `holdgate run`, or with plain mitmproxy tools:
+`mitmdump -s addons/gateway.py --set holdgate_config=FILE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from addons.config import Config, TargetKind, Upstream, load_config
+from addons.flow_filter import compile_filter
+from addons.gateway_ca import ensure_ca
+from addons.policy import Action, Decision, LoadedPolicy, load_policy
+from addons.refusal import refusal
+from addons.request_facts import RequestFacts, build_facts
+from addons.yaml_source import SourceError, SourceErrors
+
+log = logging.getLogger("holdgate")
+
+METADATA_KEY = "holdgate"
+NO_APPROVAL_CHANNEL = "approval required; no approval channel configured"
+
+
+def _fingerprint(paths: list[Path]) -> tuple[tuple[str, float, int], ...]:
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((str(p), st.st_mtime, st.st_size))
+        except OSError:
+            out.append((str(p), -1.0, -1))
+    return tuple(out)
+
+
+class Gateway:
+    """Decides every request from the YAML policy; refuses with a 403 the client understands."""
+
+    def __init__(self) -> None:
+        self.config: Config | None = None
+        self.loaded: LoadedPolicy | None = None
+        # Upstreams known only at run time (the sandbox binds a free port).
+        self.upstream_overrides: dict[str, Upstream] = {}
+        self.extra_upstream_cas: list[Path] = []
+        self._fingerprint: tuple[tuple[str, float, int], ...] = ()
+        self._reload_task: asyncio.Task[None] | None = None
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "holdgate_config",
+            str,
+            "",
+            "holdgate configuration file (YAML). Empty: the embedded default, "
+            "rules/config/sandbox.yaml (example rules and the sandbox Kubernetes API).",
+        )
+        loader.add_option(
+            "holdgate_reload_interval",
+            float,
+            1.0,
+            "Seconds between checks of the rule files for changes (0 disables hot reload).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "holdgate_config" in updated:
+            path = Path(ctx.options.holdgate_config) if ctx.options.holdgate_config else None
+            try:
+                config = load_config(path)
+                loaded = self._load_policy(config)
+            except (SourceError, SourceErrors) as e:
+                raise exceptions.OptionsError(f"holdgate configuration is invalid:\n{e}") from e
+            self.config, self.loaded = config, loaded
+            ensure_ca(config.certs_dir)
+            self._apply_mitmproxy_options()
+            log.info(
+                "holdgate: %d rules from %d files, %d targets (config %s)",
+                len(loaded.policy.rules),
+                len(loaded.files),
+                len(config.targets),
+                config.path,
+            )
+        if "holdgate_reload_interval" in updated and ctx.options.holdgate_reload_interval < 0:
+            raise exceptions.OptionsError("holdgate_reload_interval must be >= 0")
+
+    def _load_policy(self, config: Config) -> LoadedPolicy:
+        files = config.rule_files()
+        loaded = load_policy(files, config, compile_filter)
+        self._fingerprint = _fingerprint([*files, *config.rule_paths])
+        return loaded
+
+    def _apply_mitmproxy_options(self) -> None:
+        assert self.config is not None
+        updates: dict[str, Any] = {
+            # Virtual target names do not resolve: connect only once the request is routed.
+            "connection_strategy": "lazy",
+        }
+        if ctx.options.confdir == "~/.mitmproxy":
+            updates["confdir"] = str(self.config.certs_dir)
+        bundle = self._upstream_ca_bundle()
+        if bundle is not None:
+            updates["ssl_verify_upstream_trusted_ca"] = str(bundle)
+        ctx.options.update(**updates)
+
+    def _upstream_ca_bundle(self) -> Path | None:
+        """One PEM bundle of every target's upstream CA (mitmproxy verifies with one bundle)."""
+        assert self.config is not None
+        cas = [t.ca for t in self.config.targets if t.ca is not None] + self.extra_upstream_cas
+        if not cas:
+            return None
+        if any(t.ca is None and t.upstream for t in self.config.targets if t.name not in self.upstream_overrides):
+            with contextlib.suppress(ImportError):
+                import certifi
+
+                cas.append(Path(certifi.where()))
+        state = self.config.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        data = b"".join(p.read_bytes().rstrip(b"\n") + b"\n" for p in cas)
+        fd, tmp = tempfile.mkstemp(dir=state, prefix=".upstream-ca-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        target = state / "upstream-ca.pem"
+        os.replace(tmp, target)
+        return target
+
+    def set_upstream(self, target: str, upstream: Upstream, ca: Path | None) -> None:
+        """Route a target to an upstream known only at run time (the sandbox)."""
+        self.upstream_overrides[target] = upstream
+        if ca is not None:
+            self.extra_upstream_cas.append(ca)
+            self._apply_mitmproxy_options()
+
+    async def running(self) -> None:
+        if ctx.options.holdgate_reload_interval > 0 and self._reload_task is None:
+            self._reload_task = asyncio.create_task(self._watch_rules())
+
+    def done(self) -> None:
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            self._reload_task = None
+
+    async def _watch_rules(self) -> None:
+        while True:
+            await asyncio.sleep(ctx.options.holdgate_reload_interval)
+            self.reload_if_changed()
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the rules if any file changed; keep the last good policy on error."""
+        if self.config is None:
+            return False
+        files = self.config.rule_files()
+        fingerprint = _fingerprint([*files, *self.config.rule_paths])
+        if fingerprint == self._fingerprint:
+            return False
+        self._fingerprint = fingerprint
+        try:
+            loaded = load_policy(files, self.config, compile_filter)
+        except (SourceError, SourceErrors) as e:
+            log.error("holdgate: rule change refused, the last good policy stays in force:\n%s", e)
+            return False
+        self.loaded = loaded
+        log.info("holdgate: rules reloaded: %d rules from %d files", len(loaded.policy.rules), len(files))
+        return True
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Refuse tunnels to undeclared hosts up front when the default is deny."""
+        if self.config is None or flow.response:
+            return
+        host, port = flow.request.host, flow.request.port
+        if self.config.target_for(host, port) is None and self.config.default == "deny":
+            message = f"holdgate: {host}:{port} is not a declared target; default deny"
+            flow.response = http.Response.make(403, message.encode(), {"Content-Type": "text/plain"})
+            flow.metadata[METADATA_KEY] = {
+                "decision": {"action": "deny", "rule": None, "reason": message}
+            }
+            log.info("deny CONNECT %s:%d: not a declared target", host, port)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or self.config is None or self.loaded is None:
+            return
+        facts = self.facts_for(flow)
+        decision = self.loaded.policy.decide(facts, self.config)
+        self._record(flow, facts, decision)
+        if decision.action is Action.ALLOW:
+            self._route(flow, facts)
+        elif decision.action is Action.DENY:
+            self._refuse(flow, facts, decision.reason, decision)
+        else:
+            rule = decision.rule.id if decision.rule else "default"
+            self._refuse(flow, facts, f"{NO_APPROVAL_CHANNEL} (rule {rule})", decision)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Let watches and followed logs stream through live instead of being buffered."""
+        if flow.response is None or flow.response.stream:
+            return
+        facts = flow.metadata.get(METADATA_KEY, {}).get("request", {})
+        kube = facts.get("kubernetes") or {}
+        query = flow.request.query
+        content_type = flow.response.headers.get("content-type", "")
+        if (
+            kube.get("verb") == "watch"
+            or query.get("follow") in ("true", "1")
+            or query.get("watch") in ("true", "1")
+            or content_type.startswith("text/event-stream")
+        ):
+            flow.response.stream = True
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def facts_for(self, flow: http.HTTPFlow) -> RequestFacts:
+        """Classify a flow's request."""
+        assert self.config is not None
+        request = flow.request
+        return build_facts(
+            self.config,
+            method=request.method,
+            host=request.pretty_host,
+            port=request.port,
+            path_and_query=request.path,
+            content_type=request.headers.get("content-type", ""),
+            content_encoding=request.headers.get("content-encoding", ""),
+            body=request.raw_content or b"",
+            identity=None,
+            flow=flow,
+        )
+
+    def _route(self, flow: http.HTTPFlow, facts: RequestFacts) -> None:
+        if facts.target is None:
+            return
+        upstream = self.upstream_overrides.get(facts.target.name) or facts.target.upstream
+        if upstream is None:
+            return
+        flow.request.scheme = upstream.scheme
+        flow.request.host = upstream.host
+        flow.request.port = upstream.port
+
+    def _refuse(
+        self, flow: http.HTTPFlow, facts: RequestFacts, message: str, decision: Decision
+    ) -> None:
+        kubernetes = facts.target is not None and facts.target.kind is TargetKind.KUBERNETES
+        answer = refusal(
+            message,
+            kubernetes=kubernetes,
+            kube=facts.kube,
+            rule=decision.rule.id if decision.rule else None,
+        )
+        flow.response = http.Response.make(answer.status, answer.body, answer.headers)
+
+    def _record(self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision) -> None:
+        flow.metadata[METADATA_KEY] = {"request": facts.as_dict(), "decision": decision.as_dict()}
+        what = _describe(facts)
+        flow.comment = f"{decision.action}: {what} ({decision.rule.id if decision.rule else 'default'})"
+        log.info(
+            "%s %s %s%s: %s",
+            decision.action,
+            facts.method,
+            facts.target.name + " " if facts.target else "",
+            what,
+            decision.reason,
+        )
+
+
+def _describe(facts: RequestFacts) -> str:
+    kube = facts.kube
+    if kube is None:
+        return f"{facts.method} {facts.host}{facts.path}"
+    if not kube.resource_request:
+        return f"{kube.verb} {kube.path}"
+    resource = kube.resource + (f"/{kube.subresource}" if kube.subresource else "")
+    where = f" -n {kube.namespace}" if kube.namespace else ""
+    name = f" {kube.name}" if kube.name else ""
+    command = f" -- {' '.join(facts.exec.command)}" if facts.exec and facts.exec.command else ""
+    return f"{kube.verb} {resource}{name}{where}{command}"
+
+
+def _addons() -> list[Any]:
+    from addons.sandbox.addon import Sandbox
+
+    gateway = Gateway()
+    return [gateway, Sandbox(gateway)]
+
+
+addons = _addons()

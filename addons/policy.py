@@ -1,0 +1,618 @@
+"""What decides: rule compilation and the decision for one request. Pure: no mitmproxy here.
+
+Evaluation order (deny-overrides): every rule that matches a request is considered, and the
+most restrictive action wins: deny, then approve, then allow. Among rules with the same action
+the first in load order (files by name, rules top to bottom) is the one reported. A request no
+rule matches gets its target's `default`; a host no target declares gets the config's `default`.
+
+A matcher that cannot tell (the body cannot be read, the request spans every namespace, the
+name or the agent is unknown) counts against the request: deny and approve rules match, allow
+rules do not. So a request the gateway cannot fully parse never gets more access than one it can.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import heapq
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
+from jsonpath_ng.ext import parse as parse_jsonpath
+
+from addons.config import Config, TargetKind, schema_errors
+from addons.request_facts import RequestFacts
+from addons.yaml_source import Document, SourceError, SourceErrors, load_yaml
+
+
+class Action(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVE = "approve"
+
+
+# Lower is more restrictive; the most restrictive matching rule decides.
+_RESTRICTIVENESS = {Action.DENY: 0, Action.APPROVE: 1, Action.ALLOW: 2}
+
+# exec/attach/portforward: since Kubernetes 1.31 the apiserver authorizes a WebSocket GET as
+# `create`, so a rule naming either verb must catch both transports.
+_CONNECT_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
+
+DEFAULT_APPROVAL_TIMEOUT = 600.0
+
+# A matcher answers True, False, or None when it cannot tell.
+Matcher = Callable[[RequestFacts], bool | None]
+FilterCompiler = Callable[[str], Callable[[Any], bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One compiled policy rule."""
+
+    id: str
+    action: Action
+    description: str
+    message: str
+    source: str
+    line: int
+    order: int
+    reviewers: tuple[str, ...] = ()
+    required: int = 1
+    timeout: float = DEFAULT_APPROVAL_TIMEOUT
+    matchers: tuple[Matcher, ...] = field(default=(), compare=False, repr=False)
+    # For the index: exact target names and exact resources this rule is limited to, if any.
+    target_keys: frozenset[str] | None = field(default=None, compare=False, repr=False)
+    resource_keys: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def where(self) -> str:
+        """FILE:LINE of the rule."""
+        return f"{self.source}:{self.line}"
+
+    def matches(self, facts: RequestFacts) -> bool:
+        """Whether the rule applies; an undecidable matcher counts against the request."""
+        unknown = False
+        for matcher in self.matchers:
+            result = matcher(facts)
+            if result is False:
+                return False
+            if result is None:
+                unknown = True
+        return not unknown or self.action is not Action.ALLOW
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one request and why."""
+
+    action: Action
+    rule: Rule | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-data form for flow metadata and `holdgate explain`."""
+        out: dict[str, Any] = {
+            "action": str(self.action),
+            "rule": self.rule.id if self.rule else None,
+            "reason": self.reason,
+        }
+        if self.rule is not None:
+            out["rule_source"] = self.rule.where
+            if self.rule.action is Action.APPROVE:
+                out["reviewers"] = list(self.rule.reviewers)
+                out["required"] = self.rule.required
+                out["timeout_seconds"] = self.rule.timeout
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTest:
+    """An expected decision written beside the rules (`tests:` in a rule file)."""
+
+    name: str
+    method: str
+    url: str
+    expect: Action
+    rule: str | None
+    check_rule: bool
+    agent: str | None
+    groups: tuple[str, ...]
+    body: bytes
+    content_type: str
+    source: str
+    line: int
+
+
+class Policy:
+    """An immutable, indexed rule set."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda r: r.order))
+        # Index by (target, resource); None means "any". Lists stay in load order.
+        self._index: dict[tuple[str | None, str | None], list[Rule]] = {}
+        for rule in self.rules:
+            for t in rule.target_keys or (None,):
+                for r in rule.resource_keys or (None,):
+                    self._index.setdefault((t, r), []).append(rule)
+
+    def candidates(self, facts: RequestFacts) -> Iterator[Rule]:
+        """Rules that could match, in load order: the index narrows by target and resource."""
+        target = facts.target.name if facts.target else None
+        resource = None
+        if facts.kube is not None and facts.kube.resource_request:
+            resource = _combined_resource(facts.kube.resource, facts.kube.subresource)
+        keys: list[tuple[str | None, str | None]] = [(None, None)]
+        if target is not None:
+            keys.append((target, None))
+        if resource is not None:
+            keys.append((None, resource))
+            if target is not None:
+                keys.append((target, resource))
+        lists = [self._index[k] for k in keys if k in self._index]
+        if len(lists) == 1:
+            return iter(lists[0])
+        return heapq.merge(*lists, key=lambda r: r.order)
+
+    def decide(self, facts: RequestFacts, config: Config) -> Decision:
+        """The decision for one request."""
+        if facts.problem:
+            return Decision(Action.DENY, None, f"refused: {facts.problem}")
+        if facts.target is None:
+            action = Action(config.default)
+            return Decision(
+                action,
+                None,
+                f"host {facts.host}:{facts.port} is not a declared target; default {action}",
+            )
+        best: Rule | None = None
+        for rule in self.candidates(facts):
+            if best is not None and _RESTRICTIVENESS[rule.action] >= _RESTRICTIVENESS[best.action]:
+                continue
+            if rule.matches(facts):
+                best = rule
+                if rule.action is Action.DENY:
+                    break
+        if best is None:
+            action = Action(facts.target.default)
+            return Decision(
+                action, None, f"no rule matched; target {facts.target.name} default {action}"
+            )
+        return Decision(best.action, best, _reason(best))
+
+
+def _reason(rule: Rule) -> str:
+    if rule.action is Action.DENY:
+        return f"denied by rule {rule.id}: {rule.message or rule.description or 'no message'}"
+    if rule.action is Action.APPROVE:
+        return f"approval required by rule {rule.id}: {rule.description or rule.message or ''}".rstrip(
+            ": "
+        )
+    return f"allowed by rule {rule.id}"
+
+
+def _combined_resource(resource: str, subresource: str) -> str:
+    return f"{resource}/{subresource}" if subresource else resource
+
+
+# --- matchers -------------------------------------------------------------------------------
+
+
+def _globs(patterns: list[str]) -> Callable[[str], bool]:
+    exact = frozenset(p for p in patterns if not any(c in p for c in "*?["))
+    wild = tuple(p for p in patterns if p not in exact)
+    if "*" in wild:
+        return lambda value: True
+    return lambda value: value in exact or any(fnmatch.fnmatchcase(value, p) for p in wild)
+
+
+def _target_matcher(patterns: list[str]) -> Matcher:
+    match = _globs(patterns)
+    return lambda f: f.target is not None and match(f.target.name)
+
+
+def _kube_only(f: RequestFacts) -> bool | None:
+    return f.kube is not None
+
+
+def _api_groups_matcher(groups: list[str]) -> Matcher:
+    allowed = frozenset(groups)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.kube is None or not f.kube.resource_request:
+            return False
+        return "*" in allowed or f.kube.api_group in allowed
+
+    return match
+
+
+def _resources_matcher(resources: list[str]) -> Matcher:
+    """RBAC's ResourceMatches, plus `pods/*` for every subresource of pods."""
+    allowed = frozenset(resources)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.kube is None or not f.kube.resource_request:
+            return False
+        sub = f.kube.subresource
+        combined = _combined_resource(f.kube.resource, sub)
+        if "*" in allowed or combined in allowed:
+            return True
+        return bool(sub) and (f"*/{sub}" in allowed or f"{f.kube.resource}/*" in allowed)
+
+    return match
+
+
+def _verbs_matcher(verbs: list[str]) -> Matcher:
+    allowed = frozenset(verbs)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.kube is None:
+            return False
+        if "*" in allowed or f.kube.verb in allowed:
+            return True
+        return f.kube.subresource in _CONNECT_SUBRESOURCES and f.kube.resource == "pods" and (
+            "create" in allowed or "get" in allowed
+        )
+
+    return match
+
+
+def _resource_names_matcher(names: list[str]) -> Matcher:
+    allowed = frozenset(names)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.kube is None or not f.kube.resource_request:
+            return False
+        if not f.kube.name:
+            return None  # a list or a nameless create may cover the named objects
+        return f.kube.name in allowed
+
+    return match
+
+
+def _non_resource_matcher(urls: list[str]) -> Matcher:
+    exact = frozenset(u for u in urls if not u.endswith("*"))
+    prefixes = tuple(u[:-1] for u in urls if u.endswith("*"))
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.kube is None or f.kube.resource_request:
+            return False
+        return f.path in exact or f.path.startswith(prefixes)
+
+    return match
+
+
+def _namespaces_matcher(patterns: list[str]) -> Matcher:
+    match_ns = _globs(patterns)
+
+    def match(f: RequestFacts) -> bool | None:
+        kube = f.kube
+        if kube is None or not kube.resource_request:
+            return False
+        namespace = kube.namespace
+        if not namespace and kube.resource == "namespaces" and not kube.api_group:
+            namespace = kube.name  # a namespace is in itself (RequestInfo does so for all but create)
+        if not namespace:
+            return None  # cluster-wide: spans every namespace, including these
+        return match_ns(namespace)
+
+    return match
+
+
+def _agents_matcher(patterns: list[str]) -> Matcher:
+    match_agent = _globs(patterns)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.identity is None:
+            return None
+        return match_agent(f.identity.agent)
+
+    return match
+
+
+def _groups_matcher(patterns: list[str]) -> Matcher:
+    match_group = _globs(patterns)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.identity is None:
+            return None
+        return any(match_group(g) for g in f.identity.groups)
+
+    return match
+
+
+def _methods_matcher(methods: list[str]) -> Matcher:
+    allowed = frozenset(m.upper() for m in methods)
+    return lambda f: "*" in allowed or f.method in allowed
+
+
+def _paths_matcher(patterns: list[str]) -> Matcher:
+    match_path = _globs(patterns)
+    return lambda f: match_path(f.path)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyCondition:
+    """A JSONPath into the request body and what the value found there must be."""
+
+    expression: Any
+    equals: Any = None
+    has_equals: bool = False
+    pattern: re.Pattern[str] | None = None
+    exists: bool | None = None
+
+    def holds(self, document: Any) -> bool:
+        """Whether any value at the path satisfies the condition."""
+        values = [m.value for m in self.expression.find(document)] if document is not None else []
+        if self.exists is not None:
+            return bool(values) == self.exists
+        if self.has_equals:
+            return any(_same(v, self.equals) for v in values)
+        assert self.pattern is not None
+        return any(self.pattern.search(_as_text(v)) for v in values)
+
+
+def _same(a: Any, b: Any) -> bool:
+    # YAML `true` must not equal JSON 1 (Python says True == 1).
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _body_matcher(conditions: list[BodyCondition]) -> Matcher:
+    def match(f: RequestFacts) -> bool | None:
+        if f.body is None:
+            document = None
+        elif f.body.error or f.body.document is None:
+            return None  # unreadable, compressed, or a protobuf kind we cannot decode in full
+        else:
+            document = f.body.document
+        return all(c.holds(document) for c in conditions)
+
+    return match
+
+
+def _filter_matcher(predicate: Callable[[Any], bool]) -> Matcher:
+    def match(f: RequestFacts) -> bool | None:
+        if f.flow is None:
+            return None
+        return bool(predicate(f.flow))
+
+    return match
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_KUBE_FIELDS = ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs", "namespaces")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as 90s, 15m, 2h or 1h30m."""
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not m or not text:
+        raise ValueError(f"invalid duration {text!r}")
+    hours, minutes, seconds = (int(g or 0) for g in m.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def _compile_body(doc: Document, loc: tuple[str | int, ...], items: list[dict[str, Any]]) -> tuple[
+    list[BodyCondition], list[SourceError]
+]:
+    conditions, errors = [], []
+    for i, item in enumerate(items):
+        try:
+            expression = parse_jsonpath(item["path"])
+        except (JsonPathLexerError, JsonPathParserError, Exception) as e:
+            errors.append(doc.error(loc + (i, "path"), f"invalid JSONPath {item['path']!r}: {e}"))
+            continue
+        pattern = None
+        if "matches" in item:
+            try:
+                pattern = re.compile(item["matches"])
+            except re.error as e:
+                errors.append(
+                    doc.error(loc + (i, "matches"), f"invalid regex {item['matches']!r}: {e}")
+                )
+                continue
+        conditions.append(
+            BodyCondition(
+                expression=expression,
+                equals=item.get("equals"),
+                has_equals="equals" in item,
+                pattern=pattern,
+                exists=item.get("exists"),
+            )
+        )
+    return conditions, errors
+
+
+def _compile_rule(
+    doc: Document,
+    index: int,
+    raw: dict[str, Any],
+    order: int,
+    config: Config | None,
+    compile_filter: FilterCompiler | None,
+) -> tuple[Rule | None, list[SourceError]]:
+    loc: tuple[str | int, ...] = ("rules", index)
+    errors: list[SourceError] = []
+    matchers: list[Matcher] = []
+    action = Action(raw["action"])
+    target_keys = None
+    if "targets" in raw:
+        matchers.append(_target_matcher(raw["targets"]))
+        if not any(c in t for t in raw["targets"] for c in "*?["):
+            target_keys = frozenset(raw["targets"])
+        if config is not None:
+            for i, name in enumerate(raw["targets"]):
+                if not any(c in name for c in "*?[") and config.target_named(name) is None:
+                    errors.append(doc.error(loc + ("targets", i), f"unknown target {name!r}"))
+                elif (t := config.target_named(name)) and t.kind is not TargetKind.KUBERNETES and any(
+                    k in raw for k in _KUBE_FIELDS
+                ):
+                    errors.append(
+                        doc.error(
+                            loc + ("targets", i),
+                            f"target {name!r} is not kubernetes; Kubernetes fields cannot match it",
+                        )
+                    )
+    if "resources" in raw and "nonResourceURLs" in raw:
+        errors.append(
+            doc.error(loc, "a rule has either resources or nonResourceURLs, as in RBAC, not both")
+        )
+    if any(k in raw for k in _KUBE_FIELDS):
+        matchers.append(_kube_only)
+    resource_keys = None
+    if "apiGroups" in raw:
+        matchers.append(_api_groups_matcher(raw["apiGroups"]))
+    if "resources" in raw:
+        matchers.append(_resources_matcher(raw["resources"]))
+        if not any("*" in r for r in raw["resources"]):
+            resource_keys = frozenset(raw["resources"])
+    if "verbs" in raw:
+        matchers.append(_verbs_matcher(raw["verbs"]))
+    if "resourceNames" in raw:
+        matchers.append(_resource_names_matcher(raw["resourceNames"]))
+    if "nonResourceURLs" in raw:
+        matchers.append(_non_resource_matcher(raw["nonResourceURLs"]))
+    if "namespaces" in raw:
+        matchers.append(_namespaces_matcher(raw["namespaces"]))
+    if "agents" in raw:
+        matchers.append(_agents_matcher(raw["agents"]))
+    if "groups" in raw:
+        matchers.append(_groups_matcher(raw["groups"]))
+    if "methods" in raw:
+        matchers.append(_methods_matcher(raw["methods"]))
+    if "paths" in raw:
+        matchers.append(_paths_matcher(raw["paths"]))
+    if "body" in raw:
+        conditions, body_errors = _compile_body(doc, loc + ("body",), raw["body"])
+        errors.extend(body_errors)
+        matchers.append(_body_matcher(conditions))
+    if "filter" in raw:
+        if compile_filter is None:
+            matchers.append(lambda f: None)
+        else:
+            try:
+                matchers.append(_filter_matcher(compile_filter(raw["filter"])))
+            except ValueError as e:
+                errors.append(doc.error(loc + ("filter",), f"invalid filter expression: {e}"))
+    timeout = DEFAULT_APPROVAL_TIMEOUT
+    if "timeout" in raw:
+        try:
+            timeout = parse_duration(raw["timeout"])
+        except ValueError as e:
+            errors.append(doc.error(loc + ("timeout",), str(e)))
+    if action is not Action.APPROVE:
+        for key in ("reviewers", "required", "timeout"):
+            if key in raw:
+                errors.append(doc.error(loc + (key,), f"{key!r} only applies to approve rules"))
+    if errors:
+        return None, errors
+    return (
+        Rule(
+            id=raw["id"],
+            action=action,
+            description=raw.get("description", ""),
+            message=raw.get("message", ""),
+            source=str(doc.path),
+            line=doc.line_of(loc),
+            order=order,
+            reviewers=tuple(raw.get("reviewers", ())),
+            required=raw.get("required", 1),
+            timeout=timeout,
+            matchers=tuple(matchers),
+            target_keys=target_keys,
+            resource_keys=resource_keys,
+        ),
+        [],
+    )
+
+
+def _compile_test(doc: Document, index: int, raw: dict[str, Any]) -> RuleTest:
+    method, _, url = raw["request"].partition(" ")
+    body = raw.get("body")
+    content_type = raw.get("contentType", "")
+    if body is None:
+        body_bytes = b""
+    elif isinstance(body, str):
+        body_bytes = body.encode()
+    else:
+        body_bytes = json.dumps(body).encode()
+        content_type = content_type or "application/json"
+    return RuleTest(
+        name=raw.get("name", raw["request"]),
+        method=method,
+        url=url,
+        expect=Action(raw["expect"]),
+        rule=raw.get("rule"),
+        check_rule="rule" in raw,
+        agent=raw.get("agent"),
+        groups=tuple(raw.get("groups", ())),
+        body=body_bytes,
+        content_type=content_type,
+        source=str(doc.path),
+        line=doc.line_of(("tests", index)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicy:
+    """A policy and the tests written beside its rules."""
+
+    policy: Policy
+    tests: tuple[RuleTest, ...]
+    files: tuple[Path, ...]
+
+
+def load_policy(
+    files: Iterable[Path],
+    config: Config | None = None,
+    compile_filter: FilterCompiler | None = None,
+) -> LoadedPolicy:
+    """Read, validate and compile rule files; all problems are raised together as SourceErrors."""
+    errors: list[SourceError] = []
+    rules: list[Rule] = []
+    tests: list[RuleTest] = []
+    seen: dict[str, Rule] = {}
+    files = tuple(files)
+    for path in files:
+        try:
+            doc = load_yaml(path)
+        except SourceError as e:
+            errors.append(e)
+            continue
+        if doc.data is None:
+            continue
+        if not isinstance(doc.data, dict):
+            errors.append(doc.error((), "a rule file must be a mapping with `rules:` and `tests:`"))
+            continue
+        problems = schema_errors(doc, "rules")
+        if problems:
+            errors.extend(problems)
+            continue
+        for i, raw in enumerate(doc.data.get("rules") or []):
+            rule, rule_errors = _compile_rule(doc, i, raw, len(rules), config, compile_filter)
+            errors.extend(rule_errors)
+            if rule is None:
+                continue
+            if rule.id in seen:
+                errors.append(
+                    doc.error(("rules", i, "id"), f"duplicate rule id {rule.id!r} (first at {seen[rule.id].where})")
+                )
+                continue
+            seen[rule.id] = rule
+            rules.append(rule)
+        tests.extend(_compile_test(doc, i, raw) for i, raw in enumerate(doc.data.get("tests") or []))
+    for test in tests:
+        if test.rule is not None and test.rule not in seen:
+            errors.append(SourceError(test.source, test.line, f"test names unknown rule {test.rule!r}"))
+    if errors:
+        raise SourceErrors(errors)
+    return LoadedPolicy(Policy(rules), tuple(tests), files)

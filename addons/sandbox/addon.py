@@ -1,0 +1,98 @@
+"""The embedded default's sandbox: the Kubernetes simulator as the upstream of one target."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from mitmproxy import ctx
+
+from addons.config import Upstream, parse_upstream
+from addons.gateway_ca import ca_cert_path
+from addons.kubeconfig import simple_kubeconfig
+
+if TYPE_CHECKING:
+    from addons.gateway import Gateway
+    from addons.sandbox.kube_sim import KubeSimulator
+
+log = logging.getLogger("holdgate")
+
+
+def sandbox_token(state_dir: Path) -> str:
+    """The sandbox API's bearer token, created once and kept in the state directory."""
+    path = state_dir / "sandbox" / "token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+def agent_kubeconfig_path(state_dir: Path) -> Path:
+    """Where the ready agent kubeconfig for the sandbox is written."""
+    return state_dir / "agent.kubeconfig"
+
+
+class Sandbox:
+    """Starts the simulator on the gateway's loop when the config names a sandbox target."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.simulator: KubeSimulator | None = None
+
+    async def running(self) -> None:
+        config = self.gateway.config
+        if config is None or config.sandbox_target is None or self.simulator is not None:
+            return
+        from addons.sandbox.kube_sim import KubeSimulator
+
+        target = config.target_named(config.sandbox_target)
+        assert target is not None
+        state = config.state_dir
+        token = sandbox_token(state)
+        self.simulator = KubeSimulator(token=token, cert_dir=state / "sandbox")
+        await self.simulator.start()
+        upstream: Upstream = parse_upstream(self.simulator.url)
+        self.gateway.set_upstream(target.name, upstream, self.simulator.ca_path)
+        proxy = f"http://{_display_host(ctx.options.listen_host)}:{_listen_port()}"
+        host = target.hosts[0]
+        kubeconfig = simple_kubeconfig(
+            server=f"https://{host}", ca_pem=ca_cert_path(config.certs_dir).read_bytes(), token=token
+        )
+        kubeconfig["clusters"][0]["cluster"]["proxy-url"] = proxy
+        path = agent_kubeconfig_path(state)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
+        log.info(
+            "holdgate sandbox: Kubernetes API simulator at %s behind target %r (host %s)\n"
+            "  kubectl:  export KUBECONFIG=%s; kubectl get ns\n"
+            "  curl:     curl --proxy %s --cacert %s -H 'Authorization: Bearer %s' https://%s/api/v1/namespaces",
+            self.simulator.url,
+            target.name,
+            host,
+            path,
+            proxy,
+            ca_cert_path(config.certs_dir),
+            "$(cat " + str(state / "sandbox" / "token") + ")",
+            host,
+        )
+
+    async def done(self) -> None:
+        if self.simulator is not None:
+            await self.simulator.stop()
+            self.simulator = None
+
+
+def _display_host(host: str) -> str:
+    return host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+
+
+def _listen_port() -> Any:
+    """The port the proxy really listens on (listen_port may be 0)."""
+    server = ctx.master.addons.get("proxyserver")
+    addrs = server.listen_addrs() if server is not None else []
+    return addrs[0][1] if addrs else ctx.options.listen_port or 8080

@@ -1,0 +1,188 @@
+"""Shared fixtures: the real gateway as a subprocess, real TLS, the Kubernetes simulator."""
+
+from __future__ import annotations
+
+import base64
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from addons.sandbox.kube_sim import KubeSimulator, running_simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+KUBECTL = str(BIN / "kubectl") if (BIN / "kubectl").exists() else "kubectl"
+SIM_TOKEN = "sim-token-7f3a"
+LISTENING = re.compile(r"proxy listening at \*?\[?([0-9a-f.:]+?)\]?:(\d+)")
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class GatewayProcess:
+    """A running `holdgate run` subprocess and everything it printed."""
+
+    process: subprocess.Popen[str]
+    port: int
+    home: Path
+    lines: list[str] = field(default_factory=list)
+    _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.home / "certs" / "mitmproxy-ca-cert.pem"
+
+    def output(self) -> str:
+        self.drain()
+        return "".join(self.lines)
+
+    def drain(self) -> None:
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if line is not None:
+                self.lines.append(line)
+
+    def wait_for_output(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """Block until a line matching `pattern` has been printed (bounded)."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        checked = 0
+        while True:
+            self.drain()
+            for line in self.lines[checked:]:
+                if m := regex.search(line):
+                    return m
+            checked = len(self.lines)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"gateway never printed {pattern!r}; output:\n{self.output()}")
+            try:
+                line = self._queue.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"gateway exited; output:\n{self.output()}")
+            self.lines.append(line)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def _pump(stream: object, sink: queue.Queue[str | None]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        sink.put(line)
+    sink.put(None)
+
+
+def start_gateway(home: Path, config: dict[str, object], rules: dict[str, str]) -> GatewayProcess:
+    """Write a config and rule files under `home` and start the gateway on a free port."""
+    rules_dir = home / "rules"
+    rules_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in rules.items():
+        (rules_dir / name).write_text(text)
+    config = {
+        "gateway": {"name": "test-gw", "certs": str(home / "certs"), "state": str(home / "var")},
+        "rules": [str(rules_dir)],
+        **config,
+    }
+    config_path = home / "holdgate.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [str(BIN / "holdgate"), "run", "--config", str(config_path), "--listen-port", "0",
+         "--", "--set", "holdgate_reload_interval=0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=home,
+    )
+    gw = GatewayProcess(process=process, port=0, home=home)
+    threading.Thread(target=_pump, args=(process.stdout, gw._queue), daemon=True).start()
+    try:
+        m = gw.wait_for_output(LISTENING.pattern, timeout=START_TIMEOUT)
+    except AssertionError:
+        gw.stop()
+        raise
+    gw.port = int(m.group(2))
+    return gw
+
+
+@pytest.fixture(scope="session")
+def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeSimulator]:
+    """One Kubernetes API simulator for the session; tests clear its record first."""
+    with running_simulator(token=SIM_TOKEN, cert_dir=tmp_path_factory.mktemp("sim")) as sim:
+        yield sim
+
+
+def kube_target(sim: KubeSimulator, name: str = "cluster", **extra: object) -> dict[str, object]:
+    """A kubernetes target routed to the simulator."""
+    return {
+        "name": name,
+        "kind": "kubernetes",
+        "hosts": ["kubernetes.default.svc", "cluster.test"],
+        "upstream": sim.url,
+        "ca": str(sim.ca_path),
+        **extra,
+    }
+
+
+def write_agent_kubeconfig(path: Path, gateway: GatewayProcess, token: str = SIM_TOKEN) -> Path:
+    """A kubeconfig for kubectl: the virtual in-cluster host, through the gateway via proxy-url."""
+    ca = base64.b64encode(gateway.ca_path.read_bytes()).decode()
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "gw",
+                        "cluster": {
+                            "server": "https://kubernetes.default.svc",
+                            "certificate-authority-data": ca,
+                            "proxy-url": gateway.proxy_url,
+                        },
+                    }
+                ],
+                "users": [{"name": "agent", "user": {"token": token}}],
+                "contexts": [{"name": "gw", "context": {"cluster": "gw", "user": "agent"}}],
+                "current-context": "gw",
+            }
+        )
+    )
+    return path
+
+
+def kubectl(kubeconfig: Path, *args: str, timeout: float = 30, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real kubectl binary."""
+    return subprocess.run(
+        [KUBECTL, "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+        env={k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")},
+    )
