@@ -87,7 +87,10 @@ def parse_yaml(text: str, path: Path) -> Document:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
-        raise SourceError(path, line, f"invalid YAML: {e.problem or e.context}") from e
+        message = f"invalid YAML: {e.problem or e.context}"
+        if e.context and e.context_mark and e.context_mark.line + 1 != line:
+            message += f" ({e.context} started at line {e.context_mark.line + 1})"
+        raise SourceError(path, line, message) from e
     except yaml.YAMLError as e:
         raise SourceError(path, 1, f"invalid YAML: {e}") from e
     return Document(path, data, lines)

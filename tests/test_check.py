@@ -1,0 +1,142 @@
+"""`holdgate check` and `holdgate explain`, run as the real command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+HOLDGATE = str(Path(sys.executable).parent / "holdgate")
+
+GOOD_RULE = """\
+rules:
+  - id: allow-reads
+    action: allow
+    verbs: [get, list]
+    resources: ["*"]
+"""
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HOLDGATE, *args], capture_output=True, text=True, timeout=60)
+
+
+def write_config(tmp_path: Path, rules: dict[str, str]) -> Path:
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    for name, text in rules.items():
+        (rules_dir / name).write_text(text)
+    config = {
+        "gateway": {"certs": str(tmp_path / "certs"), "state": str(tmp_path / "var")},
+        "rules": ["rules"],
+        "targets": [
+            {"name": "cluster", "kind": "kubernetes", "hosts": ["kubernetes.default.svc"]},
+            {"name": "api", "kind": "http", "hosts": ["api.internal"]},
+        ],
+    }
+    path = tmp_path / "holdgate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_shipped_rules_and_their_tests_pass() -> None:
+    result = run("check")
+    assert result.returncode == 0, result.stderr
+    assert "rule tests passed" in result.stdout
+
+
+def test_shipped_production_example_is_valid() -> None:
+    result = run("check", "--config", "rules/config/production.yaml")
+    assert result.returncode == 0, result.stderr
+
+
+BROKEN = [
+    pytest.param("rules:\n  - id: a\n    action: allow\n    verbs: [get\n", 5, "started at line 4", id="yaml-syntax"),
+    pytest.param(GOOD_RULE + "    colour: red\n", 2, "unknown field", id="unknown-field"),
+    pytest.param("rules:\n  - id: a\n    action: allow\n    verbs: [get, destroy]\n", 4, "'destroy' is not one of", id="unknown-verb"),
+    pytest.param("rules:\n  - id: a\n    action: deny\n    body:\n      - path: '$.spec[?('\n        equals: 1\n", 5, "invalid JSONPath", id="bad-jsonpath"),
+    pytest.param("rules:\n  - id: a\n    action: deny\n    body:\n      - path: $.a\n        matches: '(unclosed'\n", 6, "invalid regex", id="bad-regex"),
+    pytest.param("rules:\n  - id: a\n    action: deny\n    filter: '~q ~~ ('\n", 4, "invalid filter", id="bad-filter"),
+    pytest.param("rules:\n  - id: a\n    action: allow\n    action: deny\n", 4, "duplicate key 'action'", id="duplicate-key"),
+    pytest.param(GOOD_RULE + "  - id: allow-reads\n    action: deny\n", 6, "duplicate rule id", id="duplicate-id"),
+    pytest.param("rules:\n  - id: a\n    action: allow\n    targets: [nope]\n", 4, "unknown target 'nope'", id="unknown-target"),
+    pytest.param("rules:\n  - id: a\n    action: allow\n    timeout: 5m\n", 4, "only applies to approve", id="timeout-on-allow"),
+    pytest.param("rules:\n  - id: a\n    action: approve\n    timeout: soon\n", 4, "timeout", id="bad-duration"),
+    pytest.param(
+        GOOD_RULE + "tests:\n  - request: GET https://kubernetes.default.svc/api/v1/namespaces\n    expect: deny\n",
+        7, "expected deny, got allow", id="failing-rule-test",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), BROKEN)
+def test_check_reports_file_and_line(tmp_path: Path, text: str, line: int, message: str) -> None:
+    config = write_config(tmp_path, {"00-good.yaml": GOOD_RULE.replace("allow-reads", "other"), "bad.yaml": text})
+    result = run("check", "--config", str(config))
+    assert result.returncode == 2, result.stdout + result.stderr
+    bad = str((tmp_path / "rules" / "bad.yaml").resolve())
+    assert f"{bad}:{line}:" in result.stderr, result.stderr
+    assert message in result.stderr
+
+
+def test_check_reports_config_errors(tmp_path: Path) -> None:
+    config = tmp_path / "holdgate.yaml"
+    config.write_text("targets:\n  - name: x\n    kind: kubernetes\n    hosts: [a]\n    upstreem: https://a\n")
+    result = run("check", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config.resolve()}:2: unknown field" in result.stderr
+
+
+def test_run_refuses_to_start_on_invalid_rules(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"bad.yaml": "rules:\n  - id: a\n    action: maybe\n"})
+    result = run("run", "--config", str(config), "--listen-port", "0")
+    assert result.returncode == 2
+    assert "bad.yaml:3:" in result.stderr
+
+
+def test_explain_on_the_embedded_default() -> None:
+    result = run("explain", "GET", "https://kubernetes.default.svc/api/v1/namespaces/prod/secrets")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["target"] == "sandbox"
+    assert out["kubernetes"] == {
+        "resource_request": True,
+        "verb": "list",
+        "api_group": "",
+        "api_version": "v1",
+        "namespace": "prod",
+        "resource": "secrets",
+        "subresource": "",
+        "name": "",
+        "path": "/api/v1/namespaces/prod/secrets",
+    }
+    assert out["rule"] == "deny-prod-secret-reads"
+    assert out["action"] == "deny"
+
+
+def test_explain_exec_shows_the_command() -> None:
+    url = "https://kubernetes.default.svc/api/v1/namespaces/prod/pods/web-0/exec?command=sh&command=-c&command=cat%20/etc/passwd&stdout=true"
+    out = json.loads(run("explain", "GET", url).stdout)
+    assert out["exec"]["command"] == ["sh", "-c", "cat /etc/passwd"]
+    assert out["kubernetes"]["subresource"] == "exec"
+    assert (out["rule"], out["action"]) == ("approve-prod-exec", "approve")
+
+
+def test_explain_with_body_and_agent(tmp_path: Path) -> None:
+    body = tmp_path / "pod.json"
+    body.write_text(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                                "spec": {"containers": [{"name": "c", "securityContext": {"privileged": True}}]}}))
+    out = json.loads(run("explain", "--agent", "ci-bot", "--body", str(body), "POST",
+                         "https://kubernetes.default.svc/api/v1/namespaces/sandbox/pods").stdout)
+    assert out["kubernetes"]["name"] == "p"
+    assert out["identity"]["agent"] == "ci-bot"
+    assert (out["rule"], out["action"]) == ("deny-privileged-pods", "deny")
+
+
+def test_explain_undeclared_host_follows_default() -> None:
+    out = json.loads(run("explain", "GET", "https://example.com/").stdout)
+    assert out["target"] is None and out["action"] == "deny" and out["rule"] is None
