@@ -89,11 +89,24 @@ def _text(value: Any) -> str:
         raise ProtobufError("string field is not UTF-8") from e
 
 
-def _first(fields: Fields, number: int) -> Any:
-    for n, _, value in fields:
+def _last(fields: Fields, number: int) -> Any:
+    """The last occurrence of a scalar field: protobuf's (and the apiserver's) "last one wins"."""
+    value = None
+    for n, _, v in fields:
         if n == number:
-            return value
-    return None
+            value = v
+    return value
+
+
+def _message(fields: Fields, number: int) -> bytes | None:
+    """An embedded message field: repeated occurrences merge, as the apiserver's decoder does."""
+    parts = []
+    for n, _, v in fields:
+        if n == number:
+            if not isinstance(v, bytes):
+                raise ProtobufError(f"field {number} is not a message")
+            parts.append(v)
+    return b"".join(parts) if parts else None
 
 
 def decode_envelope(body: bytes) -> Envelope:
@@ -101,24 +114,26 @@ def decode_envelope(body: bytes) -> Envelope:
     if not body.startswith(MAGIC):
         raise ProtobufError("missing k8s protobuf magic")
     fields = parse_fields(body[len(MAGIC) :])
-    type_meta = _first(fields, 1)
-    type_fields = parse_fields(type_meta) if isinstance(type_meta, bytes) else []
-    api_version = _first(type_fields, 1)
-    kind = _first(type_fields, 2)
-    raw = _first(fields, 2)
+    type_meta = _message(fields, 1)
+    type_fields = parse_fields(type_meta) if type_meta is not None else []
+    api_version = _last(type_fields, 1)
+    kind = _last(type_fields, 2)
+    raw = _last(fields, 2)
     return Envelope(
         api_version=_text(api_version) if api_version is not None else "",
         kind=_text(kind) if kind is not None else "",
         raw=raw if isinstance(raw, bytes) else b"",
-        content_encoding=_text(_first(fields, 3) or b""),
-        content_type=_text(_first(fields, 4) or b""),
+        content_encoding=_text(_last(fields, 3) or b""),
+        content_type=_text(_last(fields, 4) or b""),
     )
 
 
-def _string_map_entry(entry: bytes) -> tuple[str, bytes]:
+def _string_map_entry(entry: Any) -> tuple[str, bytes]:
+    if not isinstance(entry, bytes):
+        raise ProtobufError("map entry is not length-delimited")
     fields = parse_fields(entry)
-    key = _first(fields, 1)
-    value = _first(fields, 2)
+    key = _last(fields, 1)
+    value = _last(fields, 2)
     return _text(key or b""), value if isinstance(value, bytes) else b""
 
 
@@ -158,16 +173,16 @@ def decode_object_meta(data: bytes) -> dict[str, Any]:
 
 def object_meta(envelope: Envelope) -> dict[str, Any]:
     """The ObjectMeta of the enveloped object (field 1 of every top-level Kubernetes kind)."""
-    meta = _first(parse_fields(envelope.raw), 1)
-    return decode_object_meta(meta) if isinstance(meta, bytes) else {}
+    meta = _message(parse_fields(envelope.raw), 1)
+    return decode_object_meta(meta) if meta is not None else {}
 
 
 def decode_object(envelope: Envelope) -> dict[str, Any]:
     """The enveloped object as JSON: in full for Namespace, Secret and ConfigMap, else its metadata."""
     fields = parse_fields(envelope.raw)
     obj: dict[str, Any] = {"apiVersion": envelope.api_version, "kind": envelope.kind}
-    meta = _first(fields, 1)
-    obj["metadata"] = decode_object_meta(meta) if isinstance(meta, bytes) else {}
+    meta = _message(fields, 1)
+    obj["metadata"] = decode_object_meta(meta) if meta is not None else {}
     if envelope.kind == "Secret":
         data: dict[str, str] = {}
         string_data: dict[str, str] = {}
