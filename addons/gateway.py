@@ -52,6 +52,7 @@ class Gateway:
         self.extra_upstream_cas: list[Path] = []
         self._fingerprint: tuple[tuple[str, float, int], ...] = ()
         self._reload_task: asyncio.Task[None] | None = None
+        self.reload_interval = 1.0
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -63,8 +64,8 @@ class Gateway:
         )
         loader.add_option(
             "holdgate_reload_interval",
-            float,
-            1.0,
+            str,
+            "1",
             "Seconds between checks of the rule files for changes (0 disables hot reload).",
         )
 
@@ -86,8 +87,16 @@ class Gateway:
                 len(config.targets),
                 config.path,
             )
-        if "holdgate_reload_interval" in updated and ctx.options.holdgate_reload_interval < 0:
-            raise exceptions.OptionsError("holdgate_reload_interval must be >= 0")
+        if "holdgate_reload_interval" in updated:
+            try:
+                self.reload_interval = float(ctx.options.holdgate_reload_interval)
+            except ValueError:
+                self.reload_interval = -1.0
+            if not 0 <= self.reload_interval < 86400:
+                raise exceptions.OptionsError(
+                    f"holdgate_reload_interval: {ctx.options.holdgate_reload_interval!r} is not "
+                    "a number of seconds >= 0"
+                )
 
     def _load_policy(self, config: Config) -> LoadedPolicy:
         files = config.rule_files()
@@ -137,7 +146,7 @@ class Gateway:
             self._apply_mitmproxy_options()
 
     async def running(self) -> None:
-        if ctx.options.holdgate_reload_interval > 0 and self._reload_task is None:
+        if self.reload_interval > 0 and self._reload_task is None:
             self._reload_task = asyncio.create_task(self._watch_rules())
 
     def done(self) -> None:
@@ -147,7 +156,7 @@ class Gateway:
 
     async def _watch_rules(self) -> None:
         while True:
-            await asyncio.sleep(ctx.options.holdgate_reload_interval)
+            await asyncio.sleep(self.reload_interval)
             self.reload_if_changed()
 
     def reload_if_changed(self) -> bool:

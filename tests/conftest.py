@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 KUBECTL = str(BIN / "kubectl") if (BIN / "kubectl").exists() else "kubectl"
 SIM_TOKEN = "sim-token-7f3a"
-LISTENING = re.compile(r"proxy listening at \*?\[?([0-9a-f.:]+?)\]?:(\d+)")
+LISTENING = re.compile(r"proxy listening at (\*|\[?[0-9a-f.:]+?\]?):(\d+)")
 START_TIMEOUT = 30.0
 
 

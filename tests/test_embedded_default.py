@@ -1,0 +1,79 @@
+"""The embedded default as `scripts/run` starts it, and plain mitmdump with the addon script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import httpx
+import yaml
+
+from addons.sandbox.kube_sim import KubeSimulator
+from tests.conftest import BIN, LISTENING, ROOT, GatewayProcess, kube_target, kubectl, write_agent_kubeconfig
+
+
+def _start(argv: list[str], home: Path) -> GatewayProcess:
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               cwd=home, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    gw = GatewayProcess(process=process, port=0, home=home)
+    from tests.conftest import _pump
+
+    threading.Thread(target=_pump, args=(process.stdout, gw._queue), daemon=True).start()
+    try:
+        gw.port = int(gw.wait_for_output(LISTENING.pattern, timeout=30).group(2))
+    except AssertionError:
+        gw.stop()
+        raise
+    return gw
+
+
+def test_embedded_default_sandbox(tmp_path: Path) -> None:
+    """No config: example rules, the simulator behind `sandbox`, a ready agent kubeconfig."""
+    gw = _start([str(BIN / "holdgate"), "run", "--listen-port", "0"], tmp_path)
+    try:
+        m = gw.wait_for_output(r"export KUBECONFIG=(\S+);")
+        kubeconfig = Path(m.group(1))
+        assert kubeconfig == ROOT / "var" / "agent.kubeconfig"
+        cluster = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]
+        assert cluster["server"] == "https://kubernetes.default.svc"
+        assert cluster["proxy-url"] == gw.proxy_url
+        result = kubectl(kubeconfig, "get", "ns")
+        assert result.returncode == 0, result.stderr
+        assert "sandbox" in result.stdout
+        result = kubectl(kubeconfig, "create", "secret", "generic", "demo", "-n", "sandbox", "--from-literal=k=v")
+        assert result.returncode != 0
+        assert "approval required; no approval channel configured (rule approve-secret-writes)" in result.stderr
+        result = kubectl(kubeconfig, "get", "secrets", "-n", "prod")
+        assert "deny-prod-secret-reads" in result.stderr
+        gw.wait_for_output(r"curl: +curl --proxy http://127\.0\.0\.1:\d+ --cacert \S+mitmproxy-ca-cert\.pem")
+    finally:
+        gw.stop()
+    ca_key = ROOT / "certs" / "mitmproxy-ca.pem"
+    assert oct(ca_key.stat().st_mode & 0o777) == "0o600"
+
+
+def test_plain_mitmdump_with_the_addon_script(tmp_path: Path, simulator: KubeSimulator) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.yaml").write_text(
+        "rules:\n  - id: reads\n    action: allow\n    verbs: [get, list]\n    resources: ['*']\n"
+    )
+    config = tmp_path / "holdgate.yaml"
+    config.write_text(yaml.safe_dump({
+        "gateway": {"certs": str(tmp_path / "certs"), "state": str(tmp_path / "var")},
+        "rules": ["rules"],
+        "targets": [kube_target(simulator)],
+    }))
+    gw = _start([str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "gateway.py"),
+                 "--set", f"holdgate_config={config}", "--listen-host", "127.0.0.1", "--listen-port", "0"], tmp_path)
+    try:
+        kubeconfig = write_agent_kubeconfig(tmp_path / "kc", gw)
+        assert kubectl(kubeconfig, "get", "ns").returncode == 0
+        result = kubectl(kubeconfig, "delete", "ns", "sandbox")
+        assert result.returncode != 0 and "no rule matched" in result.stderr
+        with httpx.Client(proxy=gw.proxy_url, verify=str(gw.ca_path), timeout=20) as client:
+            r = client.get("https://kubernetes.default.svc/api/v1/namespaces/prod/secrets")
+            assert r.status_code != 403  # allowed by policy; the simulator wants a token: 401
+    finally:
+        gw.stop()
