@@ -62,7 +62,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except (SourceError, SourceErrors) as e:
         return _print_errors(e)
     body = Path(args.body).read_bytes() if args.body else b""
-    content_type = args.content_type or ("application/json" if body.lstrip()[:1] in (b"{", b"[") else "")
+    content_type = args.content_type or (
+        "application/json" if body.lstrip()[:1] in (b"{", b"[") else ""
+    )
     if body and not content_type and body.startswith(b"k8s\x00"):
         content_type = "application/vnd.kubernetes.protobuf"
     identity = Identity(agent=args.agent, groups=tuple(args.group)) if args.agent else None
@@ -147,12 +149,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     host = args.listen_host or config.listen_host
     port = config.listen_port if args.listen_port is None else args.listen_port
     argv = [
-        "-s", str(GATEWAY_SCRIPT),
-        "--set", f"holdgate_config={config.path}",
-        "--set", f"confdir={config.certs_dir}",
-        "--set", "flow_detail=0",
-        "--listen-host", host,
-        "--listen-port", str(port),
+        "-s",
+        str(GATEWAY_SCRIPT),
+        "--set",
+        f"holdgate_config={config.path}",
+        "--set",
+        f"confdir={config.certs_dir}",
+        "--set",
+        "flow_detail=0",
+        "--listen-host",
+        host,
+        "--listen-port",
+        str(port),
         *args.mitmproxy_args,
     ]
     mitmdump(argv)
@@ -172,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-host", help="address to listen on (default: from the config)")
     p.add_argument("--listen-port", type=int, help="port to listen on (default: from the config)")
     p.add_argument(
-        "mitmproxy_args", nargs=argparse.REMAINDER,
+        "mitmproxy_args",
+        nargs=argparse.REMAINDER,
         help="after --: further mitmdump options, e.g. -- --set termlog_verbosity=debug",
     )
     p.set_defaults(func=cmd_run)
@@ -191,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", help="full URL, e.g. https://kubernetes.default.svc/api/v1/namespaces")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("ca", help="print the path of the gateway CA certificate (created if missing)")
+    p = sub.add_parser(
+        "ca", help="print the path of the gateway CA certificate (created if missing)"
+    )
     p.add_argument("--config", help=config_help)
     p.set_defaults(func=cmd_ca)
 
@@ -200,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", required=True, help="the kubeconfig to start from")
     p.add_argument("--out", required=True, help="where to write the agent kubeconfig")
     p.add_argument("--context", help="the context to use (default: current-context)")
-    p.add_argument("--proxy-url", help="the gateway's URL as agents reach it (default: from the config)")
+    p.add_argument(
+        "--proxy-url", help="the gateway's URL as agents reach it (default: from the config)"
+    )
     p.set_defaults(func=cmd_kubeconfig)
     return parser
 

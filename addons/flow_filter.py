@@ -19,5 +19,7 @@ def make_flow(method: str, url: str, headers: dict[str, str], body: bytes) -> ht
     client = connection.Client(peername=("127.0.0.1", 0), sockname=("127.0.0.1", 0))
     server = connection.Server(address=None)
     flow = http.HTTPFlow(client, server)
-    flow.request = http.Request.make(method, url, body, headers)
+    flow.request = http.Request.make(
+        method, url, body, http.Headers([(k.encode(), v.encode()) for k, v in headers.items()])
+    )
     return flow

@@ -123,7 +123,11 @@ class Gateway:
         cas = [t.ca for t in self.config.targets if t.ca is not None] + self.extra_upstream_cas
         if not cas:
             return None
-        if any(t.ca is None and t.upstream for t in self.config.targets if t.name not in self.upstream_overrides):
+        if any(
+            t.ca is None and t.upstream
+            for t in self.config.targets
+            if t.name not in self.upstream_overrides
+        ):
             with contextlib.suppress(ImportError):
                 import certifi
 
@@ -174,7 +178,9 @@ class Gateway:
             log.error("holdgate: rule change refused, the last good policy stays in force:\n%s", e)
             return False
         self.loaded = loaded
-        log.info("holdgate: rules reloaded: %d rules from %d files", len(loaded.policy.rules), len(files))
+        log.info(
+            "holdgate: rules reloaded: %d rules from %d files", len(loaded.policy.rules), len(files)
+        )
         return True
 
     # --- hooks -------------------------------------------------------------------------------
@@ -186,14 +192,22 @@ class Gateway:
         host, port = flow.request.host, flow.request.port
         if self.config.target_for(host, port) is None and self.config.default == "deny":
             message = f"holdgate: {host}:{port} is not a declared target; default deny"
-            flow.response = http.Response.make(403, message.encode(), {"Content-Type": "text/plain"})
+            flow.response = http.Response.make(
+                403, message.encode(), {"Content-Type": "text/plain"}
+            )
             flow.metadata[METADATA_KEY] = {
                 "decision": {"action": "deny", "rule": None, "reason": message}
             }
             log.info("deny CONNECT %s:%d: not a declared target", host, port)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live or self.config is None or self.loaded is None:
+        if (
+            flow.response
+            or flow.error
+            or not flow.live
+            or self.config is None
+            or self.loaded is None
+        ):
             return
         facts = self.facts_for(flow)
         decision = self.loaded.policy.decide(facts, self.config)
@@ -266,7 +280,9 @@ class Gateway:
     def _record(self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision) -> None:
         flow.metadata[METADATA_KEY] = {"request": facts.as_dict(), "decision": decision.as_dict()}
         what = _describe(facts)
-        flow.comment = f"{decision.action}: {what} ({decision.rule.id if decision.rule else 'default'})"
+        flow.comment = (
+            f"{decision.action}: {what} ({decision.rule.id if decision.rule else 'default'})"
+        )
         log.info(
             "%s %s %s%s: %s",
             decision.action,

@@ -24,6 +24,10 @@ def ensure_ca(certs_dir: Path) -> Path:
     CertStore.from_store(certs_dir, BASENAME, KEY_SIZE)
     for path in certs_dir.glob(f"{BASENAME}-*"):
         # Files holding a private key stay private; the public certificate may be shared.
-        private = path.name in (f"{BASENAME}-ca.pem", f"{BASENAME}-ca.p12", f"{BASENAME}-dhparam.pem")
+        private = path.name in (
+            f"{BASENAME}-ca.pem",
+            f"{BASENAME}-ca.p12",
+            f"{BASENAME}-dhparam.pem",
+        )
         os.chmod(path, 0o600 if private else 0o644)
     return ca_cert_path(certs_dir)

@@ -33,7 +33,9 @@ def agent_kubeconfig(
     if not context_name:
         raise KubeconfigError("no --context given and the kubeconfig has no current-context")
     ctx = copy.deepcopy(_named(source.get("contexts", []), context_name, "context"))
-    cluster = copy.deepcopy(_named(source.get("clusters", []), ctx["context"]["cluster"], "cluster"))
+    cluster = copy.deepcopy(
+        _named(source.get("clusters", []), ctx["context"]["cluster"], "cluster")
+    )
     user = copy.deepcopy(_named(source.get("users", []), ctx["context"]["user"], "user"))
     settings = cluster["cluster"]
     # The agent sees the gateway's certificate, so trust its CA (beside the cluster's own, harmless).
@@ -58,7 +60,9 @@ def agent_kubeconfig(
     }
 
 
-def simple_kubeconfig(*, server: str, ca_pem: bytes, token: str, name: str = "holdgate") -> dict[str, Any]:
+def simple_kubeconfig(
+    *, server: str, ca_pem: bytes, token: str, name: str = "holdgate"
+) -> dict[str, Any]:
     """A single-context kubeconfig with a bearer token."""
     return {
         "apiVersion": "v1",

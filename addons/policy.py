@@ -189,8 +189,10 @@ def _reason(rule: Rule) -> str:
     if rule.action is Action.DENY:
         return f"denied by rule {rule.id}: {rule.message or rule.description or 'no message'}"
     if rule.action is Action.APPROVE:
-        return f"approval required by rule {rule.id}: {rule.description or rule.message or ''}".rstrip(
-            ": "
+        return (
+            f"approval required by rule {rule.id}: {rule.description or rule.message or ''}".rstrip(
+                ": "
+            )
         )
     return f"allowed by rule {rule.id}"
 
@@ -254,8 +256,10 @@ def _verbs_matcher(verbs: list[str]) -> Matcher:
             return False
         if "*" in allowed or f.kube.verb in allowed:
             return True
-        return f.kube.subresource in _CONNECT_SUBRESOURCES and f.kube.resource == "pods" and (
-            "create" in allowed or "get" in allowed
+        return (
+            f.kube.subresource in _CONNECT_SUBRESOURCES
+            and f.kube.resource == "pods"
+            and ("create" in allowed or "get" in allowed)
         )
 
     return match
@@ -295,7 +299,9 @@ def _namespaces_matcher(patterns: list[str]) -> Matcher:
             return False
         namespace = kube.namespace
         if not namespace and kube.resource == "namespaces" and not kube.api_group:
-            namespace = kube.name  # a namespace is in itself (RequestInfo does so for all but create)
+            namespace = (
+                kube.name
+            )  # a namespace is in itself (RequestInfo does so for all but create)
         if not namespace:
             return None  # cluster-wide: spans every namespace, including these
         return match_ns(namespace)
@@ -401,9 +407,9 @@ def parse_duration(text: str) -> float:
     return float(hours * 3600 + minutes * 60 + seconds)
 
 
-def _compile_body(doc: Document, loc: tuple[str | int, ...], items: list[dict[str, Any]]) -> tuple[
-    list[BodyCondition], list[SourceError]
-]:
+def _compile_body(
+    doc: Document, loc: tuple[str | int, ...], items: list[dict[str, Any]]
+) -> tuple[list[BodyCondition], list[SourceError]]:
     conditions, errors = [], []
     for i, item in enumerate(items):
         try:
@@ -453,8 +459,10 @@ def _compile_rule(
             for i, name in enumerate(raw["targets"]):
                 if not any(c in name for c in "*?[") and config.target_named(name) is None:
                     errors.append(doc.error(loc + ("targets", i), f"unknown target {name!r}"))
-                elif (t := config.target_named(name)) and t.kind is not TargetKind.KUBERNETES and any(
-                    k in raw for k in _KUBE_FIELDS
+                elif (
+                    (t := config.target_named(name))
+                    and t.kind is not TargetKind.KUBERNETES
+                    and any(k in raw for k in _KUBE_FIELDS)
                 ):
                     errors.append(
                         doc.error(
@@ -604,15 +612,22 @@ def load_policy(
                 continue
             if rule.id in seen:
                 errors.append(
-                    doc.error(("rules", i, "id"), f"duplicate rule id {rule.id!r} (first at {seen[rule.id].where})")
+                    doc.error(
+                        ("rules", i, "id"),
+                        f"duplicate rule id {rule.id!r} (first at {seen[rule.id].where})",
+                    )
                 )
                 continue
             seen[rule.id] = rule
             rules.append(rule)
-        tests.extend(_compile_test(doc, i, raw) for i, raw in enumerate(doc.data.get("tests") or []))
+        tests.extend(
+            _compile_test(doc, i, raw) for i, raw in enumerate(doc.data.get("tests") or [])
+        )
     for test in tests:
         if test.rule is not None and test.rule not in seen:
-            errors.append(SourceError(test.source, test.line, f"test names unknown rule {test.rule!r}"))
+            errors.append(
+                SourceError(test.source, test.line, f"test names unknown rule {test.rule!r}")
+            )
     if errors:
         raise SourceErrors(errors)
     return LoadedPolicy(Policy(rules), tuple(tests), files)

@@ -50,7 +50,11 @@ def json_error(message: str, *, code: int = 403, rule: str | None = None) -> Ref
 
 
 def refusal(
-    message: str, *, kubernetes: bool, code: int = 403, kube: KubeRequest | None = None,
+    message: str,
+    *,
+    kubernetes: bool,
+    code: int = 403,
+    kube: KubeRequest | None = None,
     rule: str | None = None,
 ) -> Refusal:
     """The refusal a client of this kind of target understands."""

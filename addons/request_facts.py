@@ -132,4 +132,3 @@ def build_facts(
         return replace(base, problem=f"path cannot be classified safely: {e}")
     kube = with_body(kube, body_object)
     return replace(base, kube=kube, exec=exec_command(kube, query))
-

@@ -63,9 +63,7 @@ def _index_lines(
             line = key_node.start_mark.line + 1
             # PyYAML silently keeps the last of duplicate keys; a policy file must not.
             if key in seen:
-                raise SourceError(
-                    path, line, f"duplicate key {key!r} (first at line {seen[key]})"
-                )
+                raise SourceError(path, line, f"duplicate key {key!r} (first at line {seen[key]})")
             seen[key] = line
             lines[location + (key,)] = line
             _index_lines(value_node, path, location + (key,), lines)

@@ -111,8 +111,17 @@ def start_gateway(home: Path, config: dict[str, object], rules: dict[str, str]) 
     config_path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [str(BIN / "holdgate"), "run", "--config", str(config_path), "--listen-port", "0",
-         "--", "--set", "holdgate_reload_interval=0.2"],
+        [
+            str(BIN / "holdgate"),
+            "run",
+            "--config",
+            str(config_path),
+            "--listen-port",
+            "0",
+            "--",
+            "--set",
+            "holdgate_reload_interval=0.2",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -176,7 +185,9 @@ def write_agent_kubeconfig(path: Path, gateway: GatewayProcess, token: str = SIM
     return path
 
 
-def kubectl(kubeconfig: Path, *args: str, timeout: float = 30, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    kubeconfig: Path, *args: str, timeout: float = 30, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real kubectl binary."""
     return subprocess.run(
         [KUBECTL, "--kubeconfig", str(kubeconfig), *args],

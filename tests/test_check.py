@@ -55,27 +55,82 @@ def test_shipped_production_example_is_valid() -> None:
 
 
 BROKEN = [
-    pytest.param("rules:\n  - id: a\n    action: allow\n    verbs: [get\n", 5, "started at line 4", id="yaml-syntax"),
-    pytest.param(GOOD_RULE + "    colour: red\n", 2, "unknown field", id="unknown-field"),
-    pytest.param("rules:\n  - id: a\n    action: allow\n    verbs: [get, destroy]\n", 4, "'destroy' is not one of", id="unknown-verb"),
-    pytest.param("rules:\n  - id: a\n    action: deny\n    body:\n      - path: '$.spec[?('\n        equals: 1\n", 5, "invalid JSONPath", id="bad-jsonpath"),
-    pytest.param("rules:\n  - id: a\n    action: deny\n    body:\n      - path: $.a\n        matches: '(unclosed'\n", 6, "invalid regex", id="bad-regex"),
-    pytest.param("rules:\n  - id: a\n    action: deny\n    filter: '~q ~~ ('\n", 4, "invalid filter", id="bad-filter"),
-    pytest.param("rules:\n  - id: a\n    action: allow\n    action: deny\n", 4, "duplicate key 'action'", id="duplicate-key"),
-    pytest.param(GOOD_RULE + "  - id: allow-reads\n    action: deny\n", 6, "duplicate rule id", id="duplicate-id"),
-    pytest.param("rules:\n  - id: a\n    action: allow\n    targets: [nope]\n", 4, "unknown target 'nope'", id="unknown-target"),
-    pytest.param("rules:\n  - id: a\n    action: allow\n    timeout: 5m\n", 4, "only applies to approve", id="timeout-on-allow"),
-    pytest.param("rules:\n  - id: a\n    action: approve\n    timeout: soon\n", 4, "timeout", id="bad-duration"),
     pytest.param(
-        GOOD_RULE + "tests:\n  - request: GET https://kubernetes.default.svc/api/v1/namespaces\n    expect: deny\n",
-        7, "expected deny, got allow", id="failing-rule-test",
+        "rules:\n  - id: a\n    action: allow\n    verbs: [get\n",
+        5,
+        "started at line 4",
+        id="yaml-syntax",
+    ),
+    pytest.param(GOOD_RULE + "    colour: red\n", 2, "unknown field", id="unknown-field"),
+    pytest.param(
+        "rules:\n  - id: a\n    action: allow\n    verbs: [get, destroy]\n",
+        4,
+        "'destroy' is not one of",
+        id="unknown-verb",
+    ),
+    pytest.param(
+        "rules:\n  - id: a\n    action: deny\n    body:\n      - path: '$.spec[?('\n        equals: 1\n",
+        5,
+        "invalid JSONPath",
+        id="bad-jsonpath",
+    ),
+    pytest.param(
+        "rules:\n  - id: a\n    action: deny\n    body:\n      - path: $.a\n        matches: '(unclosed'\n",
+        6,
+        "invalid regex",
+        id="bad-regex",
+    ),
+    pytest.param(
+        "rules:\n  - id: a\n    action: deny\n    filter: '~q ~~ ('\n",
+        4,
+        "invalid filter",
+        id="bad-filter",
+    ),
+    pytest.param(
+        "rules:\n  - id: a\n    action: allow\n    action: deny\n",
+        4,
+        "duplicate key 'action'",
+        id="duplicate-key",
+    ),
+    pytest.param(
+        GOOD_RULE + "  - id: allow-reads\n    action: deny\n",
+        6,
+        "duplicate rule id",
+        id="duplicate-id",
+    ),
+    pytest.param(
+        "rules:\n  - id: a\n    action: allow\n    targets: [nope]\n",
+        4,
+        "unknown target 'nope'",
+        id="unknown-target",
+    ),
+    pytest.param(
+        "rules:\n  - id: a\n    action: allow\n    timeout: 5m\n",
+        4,
+        "only applies to approve",
+        id="timeout-on-allow",
+    ),
+    pytest.param(
+        "rules:\n  - id: a\n    action: approve\n    timeout: soon\n",
+        4,
+        "timeout",
+        id="bad-duration",
+    ),
+    pytest.param(
+        GOOD_RULE
+        + "tests:\n  - request: GET https://kubernetes.default.svc/api/v1/namespaces\n    expect: deny\n",
+        7,
+        "expected deny, got allow",
+        id="failing-rule-test",
     ),
 ]
 
 
 @pytest.mark.parametrize(("text", "line", "message"), BROKEN)
 def test_check_reports_file_and_line(tmp_path: Path, text: str, line: int, message: str) -> None:
-    config = write_config(tmp_path, {"00-good.yaml": GOOD_RULE.replace("allow-reads", "other"), "bad.yaml": text})
+    config = write_config(
+        tmp_path, {"00-good.yaml": GOOD_RULE.replace("allow-reads", "other"), "bad.yaml": text}
+    )
     result = run("check", "--config", str(config))
     assert result.returncode == 2, result.stdout + result.stderr
     bad = str((tmp_path / "rules" / "bad.yaml").resolve())
@@ -85,7 +140,9 @@ def test_check_reports_file_and_line(tmp_path: Path, text: str, line: int, messa
 
 def test_check_reports_config_errors(tmp_path: Path) -> None:
     config = tmp_path / "holdgate.yaml"
-    config.write_text("targets:\n  - name: x\n    kind: kubernetes\n    hosts: [a]\n    upstreem: https://a\n")
+    config.write_text(
+        "targets:\n  - name: x\n    kind: kubernetes\n    hosts: [a]\n    upstreem: https://a\n"
+    )
     result = run("check", "--config", str(config))
     assert result.returncode == 2
     assert f"{config.resolve()}:2: unknown field" in result.stderr
@@ -128,10 +185,27 @@ def test_explain_exec_shows_the_command() -> None:
 
 def test_explain_with_body_and_agent(tmp_path: Path) -> None:
     body = tmp_path / "pod.json"
-    body.write_text(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-                                "spec": {"containers": [{"name": "c", "securityContext": {"privileged": True}}]}}))
-    out = json.loads(run("explain", "--agent", "ci-bot", "--body", str(body), "POST",
-                         "https://kubernetes.default.svc/api/v1/namespaces/sandbox/pods").stdout)
+    body.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "p"},
+                "spec": {"containers": [{"name": "c", "securityContext": {"privileged": True}}]},
+            }
+        )
+    )
+    out = json.loads(
+        run(
+            "explain",
+            "--agent",
+            "ci-bot",
+            "--body",
+            str(body),
+            "POST",
+            "https://kubernetes.default.svc/api/v1/namespaces/sandbox/pods",
+        ).stdout
+    )
     assert out["kubernetes"]["name"] == "p"
     assert out["identity"]["agent"] == "ci-bot"
     assert (out["rule"], out["action"]) == ("deny-privileged-pods", "deny")

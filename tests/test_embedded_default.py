@@ -11,12 +11,26 @@ import httpx
 import yaml
 
 from addons.sandbox.kube_sim import KubeSimulator
-from tests.conftest import BIN, LISTENING, ROOT, GatewayProcess, kube_target, kubectl, write_agent_kubeconfig
+from tests.conftest import (
+    BIN,
+    LISTENING,
+    ROOT,
+    GatewayProcess,
+    kube_target,
+    kubectl,
+    write_agent_kubeconfig,
+)
 
 
 def _start(argv: list[str], home: Path) -> GatewayProcess:
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               cwd=home, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=home,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     gw = GatewayProcess(process=process, port=0, home=home)
     from tests.conftest import _pump
 
@@ -42,12 +56,19 @@ def test_embedded_default_sandbox(tmp_path: Path) -> None:
         result = kubectl(kubeconfig, "get", "ns")
         assert result.returncode == 0, result.stderr
         assert "sandbox" in result.stdout
-        result = kubectl(kubeconfig, "create", "secret", "generic", "demo", "-n", "sandbox", "--from-literal=k=v")
+        result = kubectl(
+            kubeconfig, "create", "secret", "generic", "demo", "-n", "sandbox", "--from-literal=k=v"
+        )
         assert result.returncode != 0
-        assert "approval required; no approval channel configured (rule approve-secret-writes)" in result.stderr
+        assert (
+            "approval required; no approval channel configured (rule approve-secret-writes)"
+            in result.stderr
+        )
         result = kubectl(kubeconfig, "get", "secrets", "-n", "prod")
         assert "deny-prod-secret-reads" in result.stderr
-        gw.wait_for_output(r"curl: +curl --proxy http://127\.0\.0\.1:\d+ --cacert \S+mitmproxy-ca-cert\.pem")
+        gw.wait_for_output(
+            r"curl: +curl --proxy http://127\.0\.0\.1:\d+ --cacert \S+mitmproxy-ca-cert\.pem"
+        )
     finally:
         gw.stop()
     ca_key = ROOT / "certs" / "mitmproxy-ca.pem"
@@ -60,13 +81,29 @@ def test_plain_mitmdump_with_the_addon_script(tmp_path: Path, simulator: KubeSim
         "rules:\n  - id: reads\n    action: allow\n    verbs: [get, list]\n    resources: ['*']\n"
     )
     config = tmp_path / "holdgate.yaml"
-    config.write_text(yaml.safe_dump({
-        "gateway": {"certs": str(tmp_path / "certs"), "state": str(tmp_path / "var")},
-        "rules": ["rules"],
-        "targets": [kube_target(simulator)],
-    }))
-    gw = _start([str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "gateway.py"),
-                 "--set", f"holdgate_config={config}", "--listen-host", "127.0.0.1", "--listen-port", "0"], tmp_path)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "gateway": {"certs": str(tmp_path / "certs"), "state": str(tmp_path / "var")},
+                "rules": ["rules"],
+                "targets": [kube_target(simulator)],
+            }
+        )
+    )
+    gw = _start(
+        [
+            str(BIN / "mitmdump"),
+            "-s",
+            str(ROOT / "addons" / "gateway.py"),
+            "--set",
+            f"holdgate_config={config}",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            "0",
+        ],
+        tmp_path,
+    )
     try:
         kubeconfig = write_agent_kubeconfig(tmp_path / "kc", gw)
         assert kubectl(kubeconfig, "get", "ns").returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
@@ -73,10 +74,20 @@ rules:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, simulator: KubeSimulator) -> Iterator[GatewayProcess]:
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, simulator: KubeSimulator
+) -> Iterator[GatewayProcess]:
     home = tmp_path_factory.mktemp("gw")
-    api = {"name": "api", "kind": "http", "hosts": ["api.test"], "upstream": simulator.url, "ca": str(simulator.ca_path)}
-    gw = start_gateway(home, {"targets": [kube_target(simulator), api], "default": "deny"}, {"rules.yaml": RULES})
+    api = {
+        "name": "api",
+        "kind": "http",
+        "hosts": ["api.test"],
+        "upstream": simulator.url,
+        "ca": str(simulator.ca_path),
+    }
+    gw = start_gateway(
+        home, {"targets": [kube_target(simulator), api], "default": "deny"}, {"rules.yaml": RULES}
+    )
     yield gw
     gw.stop()
 
@@ -102,7 +113,10 @@ def test_kubectl_get_namespaces_is_allowed(kubeconfig: Path, sim: KubeSimulator)
     assert "sandbox" in result.stdout and "prod" in result.stdout
     assert received(sim, "GET", "/api/v1/namespaces")
     # The agent's own token reached the simulator (no injection configured).
-    assert received(sim, "GET", "/api/v1/namespaces")[0].headers["authorization"] == f"Bearer {SIM_TOKEN}"
+    assert (
+        received(sim, "GET", "/api/v1/namespaces")[0].headers["authorization"]
+        == f"Bearer {SIM_TOKEN}"
+    )
 
 
 def test_denied_read_never_reaches_upstream(kubeconfig: Path, sim: KubeSimulator) -> None:
@@ -113,22 +127,40 @@ def test_denied_read_never_reaches_upstream(kubeconfig: Path, sim: KubeSimulator
     assert not received(sim, "GET", "/api/v1/namespaces/prod/secrets")
 
 
-def test_create_secret_sends_protobuf_and_is_classified(kubeconfig: Path, sim: KubeSimulator) -> None:
-    result = kubectl(kubeconfig, "create", "secret", "generic", "gw-made", "-n", "sandbox", "--from-literal=k=v")
+def test_create_secret_sends_protobuf_and_is_classified(
+    kubeconfig: Path, sim: KubeSimulator
+) -> None:
+    result = kubectl(
+        kubeconfig, "create", "secret", "generic", "gw-made", "-n", "sandbox", "--from-literal=k=v"
+    )
     assert result.returncode == 0, result.stderr
     posts = received(sim, "POST", "/api/v1/namespaces/sandbox/secrets")
     assert posts and posts[0].content_type.startswith(PROTOBUF)
     # The approve rule names a secret: the gateway read the name from the protobuf body.
-    held = kubectl(kubeconfig, "create", "secret", "generic", "needs-approval", "-n", "sandbox", "--from-literal=k=v")
+    held = kubectl(
+        kubeconfig,
+        "create",
+        "secret",
+        "generic",
+        "needs-approval",
+        "-n",
+        "sandbox",
+        "--from-literal=k=v",
+    )
     assert held.returncode != 0
-    assert "approval required; no approval channel configured (rule hold-secret-in-team)" in held.stderr
+    assert (
+        "approval required; no approval channel configured (rule hold-secret-in-team)"
+        in held.stderr
+    )
     assert len(received(sim, "POST", "/api/v1/namespaces/sandbox/secrets")) == 1
     kubectl(kubeconfig, "delete", "secret", "gw-made", "-n", "sandbox")
 
 
 def test_apply_get_delete(kubeconfig: Path, sim: KubeSimulator, tmp_path: Path) -> None:
     manifest = tmp_path / "cm.yaml"
-    manifest.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\n  namespace: sandbox\ndata:\n  a: '1'\n")
+    manifest.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\n  namespace: sandbox\ndata:\n  a: '1'\n"
+    )
     result = kubectl(kubeconfig, "apply", "-f", str(manifest))
     assert result.returncode == 0, result.stderr
     manifest.write_text(manifest.read_text().replace("'1'", "'2'"))
@@ -158,8 +190,22 @@ def _lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
 
 def test_watch_streams_live(kubeconfig: Path, sim: KubeSimulator) -> None:
     watch = subprocess.Popen(
-        [KUBECTL, "--kubeconfig", str(kubeconfig), "get", "configmaps", "-n", "sandbox", "-w", "-o", "name", "--request-timeout=60s"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            KUBECTL,
+            "--kubeconfig",
+            str(kubeconfig),
+            "get",
+            "configmaps",
+            "-n",
+            "sandbox",
+            "-w",
+            "-o",
+            "name",
+            "--request-timeout=60s",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         lines = _lines(watch)
@@ -171,10 +217,8 @@ def test_watch_streams_live(kubeconfig: Path, sim: KubeSimulator) -> None:
             ):
                 created = kubectl(kubeconfig, "create", "configmap", "live-event", "-n", "sandbox")
                 break
-            try:
+            with contextlib.suppress(queue.Empty):
                 lines.get(timeout=0.25)
-            except queue.Empty:
-                pass
         assert created is not None and created.returncode == 0, created and created.stderr
         # ...and the event arrives while the stream is still open.
         seen = []
@@ -191,7 +235,9 @@ def test_watch_streams_live(kubeconfig: Path, sim: KubeSimulator) -> None:
 
 
 def test_exec_over_websocket(kubeconfig: Path, sim: KubeSimulator) -> None:
-    result = kubectl(kubeconfig, "exec", "web-0", "-n", "sandbox", "--", "echo", "through", "the", "gateway")
+    result = kubectl(
+        kubeconfig, "exec", "web-0", "-n", "sandbox", "--", "echo", "through", "the", "gateway"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "through the gateway"
     denied = kubectl(kubeconfig, "exec", "web-0", "-n", "prod", "--", "echo", "hi")
@@ -237,9 +283,11 @@ def test_http_target_json_refusal(gateway: GatewayProcess, sim: KubeSimulator) -
 
 
 def test_undeclared_host_refused_at_connect(gateway: GatewayProcess) -> None:
-    with httpx.Client(proxy=gateway.proxy_url, verify=str(gateway.ca_path), timeout=20) as client:
-        with pytest.raises(httpx.ProxyError) as refused:
-            client.get("https://elsewhere.test/")
+    with (
+        httpx.Client(proxy=gateway.proxy_url, verify=str(gateway.ca_path), timeout=20) as client,
+        pytest.raises(httpx.ProxyError) as refused,
+    ):
+        client.get("https://elsewhere.test/")
     assert "403" in str(refused.value)
 
 
@@ -249,17 +297,37 @@ def test_bad_input_keeps_the_gateway_serving(gateway: GatewayProcess, sim: KubeS
         auth = {"Authorization": f"Bearer {SIM_TOKEN}"}
         # Unsafe paths are refused, never guessed at.
         # (httpx resolves literal dot segments itself, so they are sent percent-encoded.)
-        for path in ("/api/v1/namespaces/sandbox/pods/%2e%2e/secrets", "/api/v1/namespaces/prod%2Fsecrets"):
+        for path in (
+            "/api/v1/namespaces/sandbox/pods/%2e%2e/secrets",
+            "/api/v1/namespaces/prod%2Fsecrets",
+        ):
             r = client.get(base + path, headers=auth)
             assert r.status_code == 403 and "cannot be classified safely" in r.json()["message"]
         # Garbage protobuf and malformed JSON bodies are refused by policy, not by a crash.
-        r = client.post(base + "/api/v1/namespaces/prod/configmaps", content=b"k8s\x00\xff\xff\xff", headers={**auth, "Content-Type": PROTOBUF})
+        r = client.post(
+            base + "/api/v1/namespaces/prod/configmaps",
+            content=b"k8s\x00\xff\xff\xff",
+            headers={**auth, "Content-Type": PROTOBUF},
+        )
         assert r.status_code == 403
-        r = client.post(base + "/api/v1/namespaces/prod/configmaps", content=b"{" * 10000, headers={**auth, "Content-Type": "application/json"})
+        r = client.post(
+            base + "/api/v1/namespaces/prod/configmaps",
+            content=b"{" * 10000,
+            headers={**auth, "Content-Type": "application/json"},
+        )
         assert r.status_code == 403
         # A large body and a large header are carried through when allowed.
-        big = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"blob": "x" * 3_000_000}}
-        r = client.post(base + "/api/v1/namespaces/sandbox/configmaps", json=big, headers={**auth, "X-Padding": "p" * 30000})
+        big = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "big"},
+            "data": {"blob": "x" * 3_000_000},
+        }
+        r = client.post(
+            base + "/api/v1/namespaces/sandbox/configmaps",
+            json=big,
+            headers={**auth, "X-Padding": "p" * 30000},
+        )
         assert r.status_code == 201, r.text
         client.delete(base + "/api/v1/namespaces/sandbox/configmaps/big", headers=auth)
         assert client.get(base + "/version", headers=auth).status_code == 200
@@ -269,11 +337,15 @@ def test_bad_input_keeps_the_gateway_serving(gateway: GatewayProcess, sim: KubeS
 
 def test_decisions_are_logged_and_on_the_flow(gateway: GatewayProcess, kubeconfig: Path) -> None:
     kubectl(kubeconfig, "get", "secrets", "-n", "prod")
-    gateway.wait_for_output(r"deny GET cluster list secrets -n prod: denied by rule deny-prod-secrets")
+    gateway.wait_for_output(
+        r"deny GET cluster list secrets -n prod: denied by rule deny-prod-secrets"
+    )
 
 
 def test_hot_reload_and_last_good_policy(tmp_path: Path, simulator: KubeSimulator) -> None:
-    rule = "rules:\n  - id: reads\n    action: allow\n    resources: ['*']\n    verbs: [get, list]\n"
+    rule = (
+        "rules:\n  - id: reads\n    action: allow\n    resources: ['*']\n    verbs: [get, list]\n"
+    )
     gw = start_gateway(tmp_path, {"targets": [kube_target(simulator)]}, {"r.yaml": rule})
     try:
         kubeconfig = write_agent_kubeconfig(tmp_path / "kc", gw)
@@ -283,7 +355,9 @@ def test_hot_reload_and_last_good_policy(tmp_path: Path, simulator: KubeSimulato
         gw.wait_for_output("rules reloaded")
         result = kubectl(kubeconfig, "get", "configmaps", "-n", "sandbox")
         assert result.returncode != 0 and "reloaded" in result.stderr
-        rule_file.write_text("rules:\n  - id: reads\n    action: allow\n    verbs: [get, destroy]\n")
+        rule_file.write_text(
+            "rules:\n  - id: reads\n    action: allow\n    verbs: [get, destroy]\n"
+        )
         gw.wait_for_output(r"r\.yaml:4: .*'destroy' is not one of")
         gw.wait_for_output("last good policy stays in force")
         result = kubectl(kubeconfig, "get", "configmaps", "-n", "sandbox")
@@ -292,7 +366,9 @@ def test_hot_reload_and_last_good_policy(tmp_path: Path, simulator: KubeSimulato
         gw.stop()
 
 
-def test_holdgate_kubeconfig_command(tmp_path: Path, gateway: GatewayProcess, sim: KubeSimulator) -> None:
+def test_holdgate_kubeconfig_command(
+    tmp_path: Path, gateway: GatewayProcess, sim: KubeSimulator
+) -> None:
     source = write_agent_kubeconfig(tmp_path / "src", gateway)
     data = yaml.safe_load(source.read_text())
     del data["clusters"][0]["cluster"]["proxy-url"]
@@ -301,9 +377,21 @@ def test_holdgate_kubeconfig_command(tmp_path: Path, gateway: GatewayProcess, si
     config = yaml.safe_load((gateway.home / "holdgate.yaml").read_text())
     out = tmp_path / "agent"
     result = subprocess.run(
-        [str(BIN / "holdgate"), "kubeconfig", "--config", str(gateway.home / "holdgate.yaml"),
-         "--kubeconfig", str(source), "--out", str(out), "--proxy-url", gateway.proxy_url],
-        capture_output=True, text=True, timeout=30,
+        [
+            str(BIN / "holdgate"),
+            "kubeconfig",
+            "--config",
+            str(gateway.home / "holdgate.yaml"),
+            "--kubeconfig",
+            str(source),
+            "--out",
+            str(out),
+            "--proxy-url",
+            gateway.proxy_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     assert config["gateway"]["certs"]

@@ -60,7 +60,9 @@ class Sandbox:
         proxy = f"http://{_display_host(ctx.options.listen_host)}:{_listen_port()}"
         host = target.hosts[0]
         kubeconfig = simple_kubeconfig(
-            server=f"https://{host}", ca_pem=ca_cert_path(config.certs_dir).read_bytes(), token=token
+            server=f"https://{host}",
+            ca_pem=ca_cert_path(config.certs_dir).read_bytes(),
+            token=token,
         )
         kubeconfig["clusters"][0]["cluster"]["proxy-url"] = proxy
         path = agent_kubeconfig_path(state)
