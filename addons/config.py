@@ -68,6 +68,16 @@ def split_host_pattern(pattern: str) -> tuple[str, int | None]:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalSettings:
+    """Where holds are decided: the local page (always, when approvals are on) and Slack."""
+
+    page_host: str
+    page_port: int
+    local_reviewers: tuple[tuple[str, str], ...]  # (name, token SHA-256)
+    slack: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A validated gateway configuration."""
 
@@ -81,7 +91,9 @@ class Config:
     rule_paths: tuple[Path, ...]
     targets: tuple[Target, ...]
     sandbox_target: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    approvals: ApprovalSettings | None = None
+    # Sections parsed by their own modules (archive, ...), as written.
+    raw: dict[str, Any] = field(default_factory=dict)
 
     def target_for(self, host: str, port: int) -> Target | None:
         """The target an agent means by host:port, or None when no target declares it."""
@@ -194,6 +206,19 @@ def load_config(path: Path | None = None) -> Config:
     for i, p in enumerate(rule_paths):
         if not p.exists():
             errors.append(doc.error(("rules", i), f"rule path {p} does not exist"))
+    approvals = None
+    if "approvals" in data:
+        section = data["approvals"] or {}
+        page = section.get("page", {})
+        approvals = ApprovalSettings(
+            page_host=page.get("listen_host", "127.0.0.1"),
+            page_port=page.get("listen_port", 8081),
+            local_reviewers=tuple(
+                (name, spec["token_sha256"].lower())
+                for name, spec in (section.get("local_reviewers") or {}).items()
+            ),
+            slack=section.get("slack"),
+        )
     if errors:
         raise SourceErrors(errors)
     return Config(
@@ -207,4 +232,6 @@ def load_config(path: Path | None = None) -> Config:
         rule_paths=rule_paths,
         targets=tuple(targets),
         sandbox_target=sandbox,
+        approvals=approvals,
+        raw=data,
     )

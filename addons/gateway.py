@@ -16,9 +16,12 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
+from addons.approval import HoldState
+from addons.approvals_addon import Approvals, hold_record
 from addons.config import Config, TargetKind, Upstream, load_config
 from addons.flow_filter import compile_filter
 from addons.gateway_ca import ensure_ca
+from addons.metrics import GatewayMetrics
 from addons.policy import Action, Decision, LoadedPolicy, load_policy
 from addons.refusal import refusal
 from addons.request_facts import RequestFacts, build_facts
@@ -53,6 +56,8 @@ class Gateway:
         self._fingerprint: tuple[tuple[str, float, int], ...] = ()
         self._reload_task: asyncio.Task[None] | None = None
         self.reload_interval = 1.0
+        self.metrics = GatewayMetrics()
+        self.approvals = Approvals(self.metrics)
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -78,6 +83,7 @@ class Gateway:
             except (SourceError, SourceErrors) as e:
                 raise exceptions.OptionsError(f"holdgate configuration is invalid:\n{e}") from e
             self.config, self.loaded = config, loaded
+            self.approvals.configure_from(config)
             ensure_ca(config.certs_dir)
             self._apply_mitmproxy_options()
             log.info(
@@ -212,13 +218,40 @@ class Gateway:
         facts = self.facts_for(flow)
         decision = self.loaded.policy.decide(facts, self.config)
         self._record(flow, facts, decision)
+        self.metrics.requests.labels(
+            str(decision.action), decision.rule.id if decision.rule else ""
+        ).inc()
         if decision.action is Action.ALLOW:
             self._route(flow, facts)
         elif decision.action is Action.DENY:
             self._refuse(flow, facts, decision.reason, decision)
         else:
-            rule = decision.rule.id if decision.rule else "default"
+            await self._hold(flow, facts, decision)
+
+    async def _hold(self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision) -> None:
+        rule = decision.rule.id if decision.rule else "default"
+        if not self.approvals.enabled or decision.rule is None:
             self._refuse(flow, facts, f"{NO_APPROVAL_CHANNEL} (rule {rule})", decision)
+            return
+        meta = flow.metadata[METADATA_KEY]
+        covering = self.approvals.window_covers(flow, facts)
+        if covering is not None:
+            meta["hold"] = {"state": "approved", "window_of": covering}
+            flow.comment += f"; covered by the approval window of hold {covering}"
+            log.info(
+                "allow %s: covered by the approval window of hold %s", _describe(facts), covering
+            )
+            self._route(flow, facts)
+            return
+        hold = await self.approvals.hold(flow, facts, decision)
+        meta["hold"] = hold_record(hold)
+        flow.comment = f"{hold.state}: {_describe(facts)} (rule {rule}; {hold.reason})"
+        log.info("hold %s %s: %s: %s", hold.id, hold.state, _describe(facts), hold.reason)
+        if hold.state is HoldState.APPROVED:
+            self._route(flow, facts)
+            return
+        message = f"{hold.reason} (rule {rule}, hold {hold.id})"
+        self._refuse(flow, facts, message, decision)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Let watches and followed logs stream through live instead of being buffered."""
@@ -310,7 +343,7 @@ def _addons() -> list[Any]:
     from addons.sandbox.addon import Sandbox
 
     gateway = Gateway()
-    return [gateway, Sandbox(gateway)]
+    return [gateway, gateway.approvals, Sandbox(gateway)]
 
 
 addons = _addons()

@@ -137,6 +137,9 @@ def _string_map_entry(entry: Any) -> tuple[str, bytes]:
     return _text(key or b""), value if isinstance(value, bytes) else b""
 
 
+_META_STRINGS = {1: "name", 2: "generateName", 3: "namespace", 5: "uid", 6: "resourceVersion"}
+
+
 def decode_object_meta(data: bytes) -> dict[str, Any]:
     """Decode ObjectMeta into its JSON shape (the fields a create can carry)."""
     meta: dict[str, Any] = {}
@@ -144,16 +147,11 @@ def decode_object_meta(data: bytes) -> dict[str, Any]:
     annotations: dict[str, str] = {}
     finalizers: list[str] = []
     for number, _, value in parse_fields(data):
-        if number == 1:
-            meta["name"] = _text(value)
-        elif number == 2:
-            meta["generateName"] = _text(value)
-        elif number == 3:
-            meta["namespace"] = _text(value)
-        elif number == 5:
-            meta["uid"] = _text(value)
-        elif number == 6:
-            meta["resourceVersion"] = _text(value)
+        # Go encodes unset strings as "": leave them out, as the apiserver's decoder does.
+        if number in _META_STRINGS:
+            text = _text(value)
+            if text:
+                meta[_META_STRINGS[number]] = text
         elif number == 11:
             k, v = _string_map_entry(value)
             labels[k] = _text(v)
@@ -190,8 +188,8 @@ def decode_object(envelope: Envelope) -> dict[str, Any]:
             if number == 2:
                 k, v = _string_map_entry(value)
                 data[k] = base64.b64encode(v).decode("ascii")
-            elif number == 3:
-                obj["type"] = _text(value)
+            elif number == 3 and (secret_type := _text(value)):
+                obj["type"] = secret_type
             elif number == 4:
                 k, v = _string_map_entry(value)
                 string_data[k] = _text(v)

@@ -64,6 +64,8 @@ class Rule:
     reviewers: tuple[str, ...] = ()
     required: int = 1
     timeout: float = DEFAULT_APPROVAL_TIMEOUT
+    window: float = 0.0
+    escalate_after: float | None = None
     matchers: tuple[Matcher, ...] = field(default=(), compare=False, repr=False)
     # For the index: exact target names and exact resources this rule is limited to, if any.
     target_keys: frozenset[str] | None = field(default=None, compare=False, repr=False)
@@ -511,14 +513,27 @@ def _compile_rule(
                 matchers.append(_filter_matcher(compile_filter(raw["filter"])))
             except ValueError as e:
                 errors.append(doc.error(loc + ("filter",), f"invalid filter expression: {e}"))
-    timeout = DEFAULT_APPROVAL_TIMEOUT
-    if "timeout" in raw:
-        try:
-            timeout = parse_duration(raw["timeout"])
-        except ValueError as e:
-            errors.append(doc.error(loc + ("timeout",), str(e)))
-    if action is not Action.APPROVE:
-        for key in ("reviewers", "required", "timeout"):
+    durations: dict[str, float] = {}
+    for key in ("timeout", "window", "escalate_after"):
+        if key in raw:
+            try:
+                durations[key] = parse_duration(raw[key])
+            except ValueError as e:
+                errors.append(doc.error(loc + (key,), str(e)))
+    timeout = durations.get("timeout", DEFAULT_APPROVAL_TIMEOUT)
+    if timeout <= 0:
+        errors.append(doc.error(loc + ("timeout",), "timeout must be longer than 0s"))
+    if action is Action.APPROVE:
+        if not raw.get("reviewers"):
+            errors.append(doc.error(loc, "an approve rule needs reviewers"))
+        elif raw.get("required", 1) > len(raw["reviewers"]) and not any(
+            r.startswith("slack-group:") for r in raw["reviewers"]
+        ):
+            errors.append(
+                doc.error(loc + ("required",), "more approvals required than reviewers listed")
+            )
+    else:
+        for key in ("reviewers", "required", "timeout", "window", "escalate_after"):
             if key in raw:
                 errors.append(doc.error(loc + (key,), f"{key!r} only applies to approve rules"))
     if errors:
@@ -535,6 +550,8 @@ def _compile_rule(
             reviewers=tuple(raw.get("reviewers", ())),
             required=raw.get("required", 1),
             timeout=timeout,
+            window=durations.get("window", 0.0),
+            escalate_after=durations.get("escalate_after"),
             matchers=tuple(matchers),
             target_keys=target_keys,
             resource_keys=resource_keys,

@@ -6,6 +6,7 @@ import base64
 import os
 import queue
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -197,3 +198,8 @@ def kubectl(
         input=stdin,
         env={k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")},
     )
+
+
+def trust(gateway: GatewayProcess) -> ssl.SSLContext:
+    """A TLS context that trusts the gateway's CA (what agents configure)."""
+    return ssl.create_default_context(cafile=str(gateway.ca_path))

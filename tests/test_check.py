@@ -111,8 +111,8 @@ BROKEN = [
         id="timeout-on-allow",
     ),
     pytest.param(
-        "rules:\n  - id: a\n    action: approve\n    timeout: soon\n",
-        4,
+        "rules:\n  - id: a\n    action: approve\n    reviewers: [local:admin]\n    timeout: soon\n",
+        5,
         "timeout",
         id="bad-duration",
     ),

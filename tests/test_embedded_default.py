@@ -18,6 +18,7 @@ from tests.conftest import (
     GatewayProcess,
     kube_target,
     kubectl,
+    trust,
     write_agent_kubeconfig,
 )
 
@@ -109,7 +110,7 @@ def test_plain_mitmdump_with_the_addon_script(tmp_path: Path, simulator: KubeSim
         assert kubectl(kubeconfig, "get", "ns").returncode == 0
         result = kubectl(kubeconfig, "delete", "ns", "sandbox")
         assert result.returncode != 0 and "no rule matched" in result.stderr
-        with httpx.Client(proxy=gw.proxy_url, verify=str(gw.ca_path), timeout=20) as client:
+        with httpx.Client(proxy=gw.proxy_url, verify=trust(gw), timeout=20) as client:
             r = client.get("https://kubernetes.default.svc/api/v1/namespaces/prod/secrets")
             assert r.status_code != 403  # allowed by policy; the simulator wants a token: 401
     finally:

@@ -25,6 +25,7 @@ from tests.conftest import (
     kube_target,
     kubectl,
     start_gateway,
+    trust,
     write_agent_kubeconfig,
 )
 
@@ -56,6 +57,7 @@ rules:
     verbs: [create]
     namespaces: [sandbox]
     resourceNames: [needs-approval]
+    reviewers: [local:admin]
   - id: deny-exec-prod
     action: deny
     message: no shells in prod
@@ -271,7 +273,7 @@ def test_python_client(gateway: GatewayProcess, sim: KubeSimulator) -> None:
 
 
 def test_http_target_json_refusal(gateway: GatewayProcess, sim: KubeSimulator) -> None:
-    with httpx.Client(proxy=gateway.proxy_url, verify=str(gateway.ca_path), timeout=20) as client:
+    with httpx.Client(proxy=gateway.proxy_url, verify=trust(gateway), timeout=20) as client:
         auth = {"Authorization": f"Bearer {SIM_TOKEN}"}
         ok = client.get("https://api.test/version", headers=auth)
         assert ok.status_code == 200
@@ -284,7 +286,7 @@ def test_http_target_json_refusal(gateway: GatewayProcess, sim: KubeSimulator) -
 
 def test_undeclared_host_refused_at_connect(gateway: GatewayProcess) -> None:
     with (
-        httpx.Client(proxy=gateway.proxy_url, verify=str(gateway.ca_path), timeout=20) as client,
+        httpx.Client(proxy=gateway.proxy_url, verify=trust(gateway), timeout=20) as client,
         pytest.raises(httpx.ProxyError) as refused,
     ):
         client.get("https://elsewhere.test/")
@@ -292,7 +294,7 @@ def test_undeclared_host_refused_at_connect(gateway: GatewayProcess) -> None:
 
 
 def test_bad_input_keeps_the_gateway_serving(gateway: GatewayProcess, sim: KubeSimulator) -> None:
-    with httpx.Client(proxy=gateway.proxy_url, verify=str(gateway.ca_path), timeout=20) as client:
+    with httpx.Client(proxy=gateway.proxy_url, verify=trust(gateway), timeout=20) as client:
         base = "https://kubernetes.default.svc"
         auth = {"Authorization": f"Bearer {SIM_TOKEN}"}
         # Unsafe paths are refused, never guessed at.
@@ -321,7 +323,7 @@ def test_bad_input_keeps_the_gateway_serving(gateway: GatewayProcess, sim: KubeS
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": "big"},
-            "data": {"blob": "x" * 3_000_000},
+            "data": {"blob": "x" * 900_000},
         }
         r = client.post(
             base + "/api/v1/namespaces/sandbox/configmaps",

@@ -46,6 +46,7 @@ rules:
     action: approve
     resources: [pods/exec]
     verbs: [create]
+    reviewers: [local:admin]
   - id: allow-scale
     action: allow
     resources: ["*/scale"]

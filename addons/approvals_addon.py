@@ -1,0 +1,198 @@
+"""The mitmproxy side of approvals: hold flows on the desk, serve the page, run the channels."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import connection, http
+
+from addons.approval import Hold, HoldState, request_digest
+from addons.approvals import ApprovalDesk, Channel, HoldSpec
+from addons.approvals_page import ApprovalsPage, LocalReviewer
+from addons.config import Config
+from addons.metrics import GatewayMetrics
+from addons.policy import Decision
+from addons.request_facts import RequestFacts
+
+log = logging.getLogger("holdgate")
+
+REASON_HEADER = "X-Holdgate-Reason"
+ADMIN_TOKEN_ENV = "HOLDGATE_ADMIN_TOKEN"
+MAX_REASON = 500
+
+
+def admin_token(state_dir: Path) -> str:
+    """The admin token: from $HOLDGATE_ADMIN_TOKEN, else created once in the state directory."""
+    if os.environ.get(ADMIN_TOKEN_ENV):
+        return os.environ[ADMIN_TOKEN_ENV]
+    path = admin_token_path(state_dir)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+def admin_token_path(state_dir: Path) -> Path:
+    """Where the admin token is kept (mode 0600)."""
+    return state_dir / "admin-token"
+
+
+class Approvals:
+    """Holds requests of approve rules until a channel decides; serves the approvals page."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+        self.desk: ApprovalDesk | None = None
+        self.page: ApprovalsPage | None = None
+        self.channels: list[Channel] = []
+        self.config: Config | None = None
+        self.desk_url = ""
+
+    def configure_from(self, config: Config) -> None:
+        """Set up from a loaded configuration (approvals off when it has no `approvals`)."""
+        self.config = config
+        if config.approvals is None:
+            self.desk = None
+            return
+        if self.desk is None:
+            self.desk = ApprovalDesk()
+            self.desk.on_decided.append(self._count)
+            self.metrics.count_pending(lambda: len(self.desk.pending()) if self.desk else 0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.desk is not None
+
+    def _count(self, hold: Hold) -> None:
+        self.metrics.hold_decisions.labels(str(hold.state), hold.rule_id).inc()
+        self.metrics.hold_wait.observe(hold.waited)
+
+    async def running(self) -> None:
+        if self.desk is None or self.config is None or self.page is not None:
+            return
+        settings = self.config.approvals
+        assert settings is not None
+        token = admin_token(self.config.state_dir)
+        self.page = ApprovalsPage(
+            self.desk,
+            admin_token=token,
+            reviewers=tuple(LocalReviewer(n, d) for n, d in settings.local_reviewers),
+            registry=self.metrics.registry,
+        )
+        port = await self.page.start(settings.page_host, settings.page_port)
+        host = (
+            settings.page_host if settings.page_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        )
+        self.desk_url = f"http://{host}:{port}/"
+        loopback = settings.page_host in ("127.0.0.1", "localhost", "::1")
+        shown = (
+            f"admin token: {token}"
+            if loopback
+            else f"admin token in {admin_token_path(self.config.state_dir)}"
+        )
+        log.info("holdgate approvals page listening at %s (%s)", self.desk_url, shown)
+        _write_desk_file(self.config.state_dir, self.desk_url)
+        if settings.slack is not None:
+            from addons.slack_channel import SlackChannel, SlackSettings
+
+            channel = SlackChannel(SlackSettings.from_dict(settings.slack))
+            self.channels.append(channel)
+        for channel in self.channels:
+            try:
+                await channel.start(self.desk)
+                self.desk.channels.append(channel)
+            except Exception as e:  # Slack down at start: holds still expire into denial
+                log.error("approval channel %s failed to start: %s", channel.name, e)
+
+    async def done(self) -> None:
+        for channel in self.channels:
+            try:
+                await channel.stop()
+            except Exception as e:
+                log.error("approval channel %s failed to stop: %s", channel.name, e)
+        self.channels = []
+        if self.page is not None:
+            await self.page.stop()
+            self.page = None
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        if self.desk is not None:
+            self.desk.cancel_client(client.id, "the client disconnected while waiting")
+
+    async def hold(self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision) -> Hold:
+        """Hold the flow until its request is decided; returns the final hold."""
+        assert self.desk is not None and decision.rule is not None
+        rule = decision.rule
+        request = flow.request
+        digest = request_digest(request.method, request.pretty_url, request.raw_content or b"")
+        identity = facts.identity
+        agent = identity.agent if identity else ""
+        summary: dict[str, Any] = {
+            "target": facts.target.name if facts.target else None,
+            "method": request.method,
+            "url": request.pretty_url,
+            "kubernetes": facts.kube.as_dict() if facts.kube else None,
+            "exec": {"command": list(facts.exec.command)} if facts.exec else None,
+            "identity": identity.as_dict() if identity else None,
+            "reason": request.headers.get(REASON_HEADER, "")[:MAX_REASON],
+            "body_excerpt": body_excerpt(facts, request.raw_content or b""),
+        }
+        spec = HoldSpec(
+            rule_id=rule.id,
+            rule_description=rule.description,
+            reviewers=frozenset(rule.reviewers),
+            required=rule.required,
+            timeout=rule.timeout,
+            window=rule.window,
+            escalate_after=rule.escalate_after,
+        )
+        flow.marked = ":lock:"
+        return await self.desk.hold(
+            spec,
+            digest=digest,
+            agent=agent,
+            owner=identity.owner if identity else "",
+            summary=summary,
+            client_id=flow.client_conn.id,
+        )
+
+    def window_covers(self, flow: http.HTTPFlow, facts: RequestFacts) -> str | None:
+        """The hold whose approval window covers this identical request, if any."""
+        if self.desk is None:
+            return None
+        request = flow.request
+        digest = request_digest(request.method, request.pretty_url, request.raw_content or b"")
+        agent = facts.identity.agent if facts.identity else ""
+        return self.desk.window_covers(agent, digest)
+
+
+def body_excerpt(facts: RequestFacts, body: bytes) -> str:
+    """What reviewers see of a body: never values, until masking can vouch for them."""
+    if not body:
+        return ""
+    if facts.body is not None and facts.body.kind:
+        where = f" in {facts.body.namespace}" if facts.body.namespace else ""
+        return f"{facts.body.kind} {facts.body.name}{where} ({len(body)} bytes; values withheld)"
+    return f"({len(body)} bytes; values withheld)"
+
+
+def _write_desk_file(state_dir: Path, url: str) -> None:
+    path = state_dir / "approvals-url"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(url + "\n")
+
+
+def hold_record(hold: Hold) -> dict[str, Any]:
+    """The hold as stored in flow metadata (without the request facts already there)."""
+    record = hold.as_dict()
+    record.pop("request", None)
+    return record
+
+
+__all__ = ["Approvals", "HoldState", "hold_record", "admin_token"]
