@@ -167,6 +167,70 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _approvals_client(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    import os
+
+    from addons.approvals_addon import ADMIN_TOKEN_ENV, admin_token_path
+
+    config = _config(args)
+    url = args.url
+    if not url:
+        desk_file = config.state_dir / "approvals-url"
+        if desk_file.exists():
+            url = desk_file.read_text().strip()
+        elif config.approvals is not None:
+            url = f"http://{config.approvals.page_host}:{config.approvals.page_port}/"
+        else:
+            raise SystemExit("holdgate approvals: the config has no approvals section; pass --url")
+    token = args.token or os.environ.get(ADMIN_TOKEN_ENV, "")
+    if not token and admin_token_path(config.state_dir).exists():
+        token = admin_token_path(config.state_dir).read_text().strip()
+    if not token:
+        raise SystemExit(f"holdgate approvals: no token: pass --token or set {ADMIN_TOKEN_ENV}")
+    return url.rstrip("/"), {"Authorization": f"Bearer {token}"}
+
+
+def cmd_approvals(args: argparse.Namespace) -> int:
+    import httpx
+
+    try:
+        base, headers = _approvals_client(args)
+    except (SourceError, SourceErrors) as e:
+        return _print_errors(e)
+    try:
+        with httpx.Client(timeout=30, headers=headers, trust_env=False) as client:
+            if args.action == "list":
+                response = client.get(f"{base}/api/holds")
+            else:
+                verb = "approve" if args.action == "approve" else "deny"
+                response = client.post(
+                    f"{base}/api/holds/{args.id}/{verb}", json={"reason": args.reason or ""}
+                )
+    except httpx.HTTPError as e:
+        print(f"holdgate approvals: cannot reach {base}: {e}", file=sys.stderr)
+        return 1
+    if response.status_code == 401:
+        print("holdgate approvals: the token was refused", file=sys.stderr)
+        return 1
+    data = response.json()
+    if args.action == "list":
+        if args.json:
+            print(json.dumps(data, indent=2))
+            return 0
+        pending = data["pending"]
+        if not pending:
+            print("no pending holds")
+        for hold in pending:
+            request = hold["request"]
+            print(
+                f"{hold['id']}  {hold['agent'] or '-'}  {request['method']} {request['url']}  "
+                f"rule {hold['rule']}  {hold['approvals']}/{hold['required']} approvals"
+            )
+        return 0
+    print(data.get("message", data))
+    return 0 if response.status_code == 200 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="holdgate",
@@ -215,6 +279,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--proxy-url", help="the gateway's URL as agents reach it (default: from the config)"
     )
     p.set_defaults(func=cmd_kubeconfig)
+
+    p = sub.add_parser("approvals", help="list, approve or deny held requests (the page's API)")
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--url", help="the approvals page URL (default: the running gateway's)")
+    p.add_argument(
+        "--token", help="reviewer token (default: $HOLDGATE_ADMIN_TOKEN or the admin token file)"
+    )
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("list", help="pending holds")
+    a.add_argument("--json", action="store_true", help="print the API's JSON")
+    a = actions.add_parser("approve", help="approve a hold")
+    a.add_argument("id")
+    a.add_argument("--reason", default="", help="optional note")
+    a = actions.add_parser("deny", help="deny a hold")
+    a.add_argument("id")
+    a.add_argument("--reason", required=True, help="why (the agent sees it)")
+    p.set_defaults(func=cmd_approvals)
     return parser
 
 
