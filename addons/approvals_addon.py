@@ -101,8 +101,7 @@ class Approvals:
         if settings.slack is not None:
             from addons.slack_channel import SlackChannel, SlackSettings
 
-            channel = SlackChannel(SlackSettings.from_dict(settings.slack))
-            self.channels.append(channel)
+            self.channels.append(SlackChannel(SlackSettings.from_dict(settings.slack)))
         for channel in self.channels:
             try:
                 await channel.start(self.desk)
