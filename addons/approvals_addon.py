@@ -53,10 +53,12 @@ class Approvals:
         self.channels: list[Channel] = []
         self.config: Config | None = None
         self.desk_url = ""
+        self.port_override = -1
 
-    def configure_from(self, config: Config) -> None:
+    def configure_from(self, config: Config, port_override: int = -1) -> None:
         """Set up from a loaded configuration (approvals off when it has no `approvals`)."""
         self.config = config
+        self.port_override = port_override
         if config.approvals is None:
             self.desk = None
             return
@@ -85,7 +87,8 @@ class Approvals:
             reviewers=tuple(LocalReviewer(n, d) for n, d in settings.local_reviewers),
             registry=self.metrics.registry,
         )
-        port = await self.page.start(settings.page_host, settings.page_port)
+        wanted = settings.page_port if self.port_override < 0 else self.port_override
+        port = await self.page.start(settings.page_host, wanted)
         host = (
             settings.page_host if settings.page_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         )

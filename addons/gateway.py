@@ -74,6 +74,13 @@ class Gateway:
             "Seconds between checks of the rule files for changes (0 disables hot reload).",
         )
 
+        loader.add_option(
+            "holdgate_approvals_port",
+            int,
+            -1,
+            "Port of the approvals page (-1: from the configuration; 0: any free port).",
+        )
+
     def configure(self, updated: set[str]) -> None:
         if "holdgate_config" in updated:
             path = Path(ctx.options.holdgate_config) if ctx.options.holdgate_config else None
@@ -83,7 +90,7 @@ class Gateway:
             except (SourceError, SourceErrors) as e:
                 raise exceptions.OptionsError(f"holdgate configuration is invalid:\n{e}") from e
             self.config, self.loaded = config, loaded
-            self.approvals.configure_from(config)
+            self.approvals.configure_from(config, ctx.options.holdgate_approvals_port)
             ensure_ca(config.certs_dir)
             self._apply_mitmproxy_options()
             log.info(

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -203,3 +204,51 @@ def kubectl(
 def trust(gateway: GatewayProcess) -> ssl.SSLContext:
     """A TLS context that trusts the gateway's CA (what agents configure)."""
     return ssl.create_default_context(cafile=str(gateway.ca_path))
+
+
+class Page:
+    """The approvals API as a reviewer's client uses it."""
+
+    def __init__(self, url: str, admin_token: str) -> None:
+        self.url = url.rstrip("/")
+        self.admin = admin_token
+        self.client = httpx.Client(timeout=20, trust_env=False)
+
+    def __enter__(self) -> Page:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.client.close()
+
+    def pending(self, token: str | None = None) -> list[dict]:
+        r = self.client.get(f"{self.url}/api/holds", headers=self._auth(token))
+        r.raise_for_status()
+        return r.json()["pending"]
+
+    def wait_pending(self, rule: str, count: int = 1) -> list[dict]:
+        """Wait (event-driven, bounded) until `count` holds of a rule are pending."""
+        with self.client.stream(
+            "GET", f"{self.url}/api/events", headers=self._auth(None), timeout=30
+        ) as events:
+            holds = [h for h in self.pending() if h["rule"] == rule]
+            if len(holds) >= count:
+                return holds
+            for line in events.iter_lines():
+                if line.startswith("data:"):
+                    holds = [h for h in self.pending() if h["rule"] == rule]
+                    if len(holds) >= count:
+                        return holds
+        raise AssertionError(f"no pending hold of {rule}")
+
+    def decide(
+        self, hold_id: str, approve: bool, token: str | None = None, reason: str = ""
+    ) -> httpx.Response:
+        verb = "approve" if approve else "deny"
+        return self.client.post(
+            f"{self.url}/api/holds/{hold_id}/{verb}",
+            json={"reason": reason},
+            headers=self._auth(token),
+        )
+
+    def _auth(self, token: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.admin}"}

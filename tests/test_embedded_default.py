@@ -13,9 +13,11 @@ import yaml
 from addons.sandbox.kube_sim import KubeSimulator
 from tests.conftest import (
     BIN,
+    KUBECTL,
     LISTENING,
     ROOT,
     GatewayProcess,
+    Page,
     kube_target,
     kubectl,
     trust,
@@ -46,7 +48,18 @@ def _start(argv: list[str], home: Path) -> GatewayProcess:
 
 def test_embedded_default_sandbox(tmp_path: Path) -> None:
     """No config: example rules, the simulator behind `sandbox`, a ready agent kubeconfig."""
-    gw = _start([str(BIN / "holdgate"), "run", "--listen-port", "0"], tmp_path)
+    gw = _start(
+        [
+            str(BIN / "holdgate"),
+            "run",
+            "--listen-port",
+            "0",
+            "--",
+            "--set",
+            "holdgate_approvals_port=0",
+        ],
+        tmp_path,
+    )
     try:
         m = gw.wait_for_output(r"export KUBECONFIG=(\S+);")
         kubeconfig = Path(m.group(1))
@@ -57,14 +70,32 @@ def test_embedded_default_sandbox(tmp_path: Path) -> None:
         result = kubectl(kubeconfig, "get", "ns")
         assert result.returncode == 0, result.stderr
         assert "sandbox" in result.stdout
-        result = kubectl(
-            kubeconfig, "create", "secret", "generic", "demo", "-n", "sandbox", "--from-literal=k=v"
+        # The newcomer's path: a secret waits for approval on the page, is approved, completes.
+        page = gw.wait_for_output(r"approvals page listening at (\S+) \(admin token: (\S+)\)")
+        name = f"demo-{os.getpid()}"
+        creating = subprocess.Popen(
+            [
+                KUBECTL,
+                "--kubeconfig",
+                str(kubeconfig),
+                "create",
+                "secret",
+                "generic",
+                name,
+                "-n",
+                "sandbox",
+                "--from-literal=k=v",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        assert result.returncode != 0
-        assert (
-            "approval required; no approval channel configured (rule approve-secret-writes)"
-            in result.stderr
-        )
+        with Page(page.group(1), page.group(2)) as desk:
+            hold = desk.wait_pending("approve-secret-writes")[0]
+            assert desk.decide(hold["id"], True).status_code == 200
+        out, err = creating.communicate(timeout=60)
+        assert creating.returncode == 0, err
+        assert f"secret/{name} created" in out
         result = kubectl(kubeconfig, "get", "secrets", "-n", "prod")
         assert "deny-prod-secret-reads" in result.stderr
         gw.wait_for_output(
