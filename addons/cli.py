@@ -53,7 +53,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from addons.flow_filter import compile_filter
     from addons.policy import load_policy
-    from addons.request_facts import Identity
+    from addons.identity import Identity
     from addons.rule_tests import decide_url
 
     try:

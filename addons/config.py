@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import jsonschema
 
+from addons.credentials import UpstreamCredential, credential_from_config
+from addons.identity import AgentDirectory, directory_from_config
 from addons.yaml_source import Document, SourceError, SourceErrors, load_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +46,7 @@ class Target:
     upstream: Upstream | None
     ca: Path | None
     default: str
+    credential: UpstreamCredential | None = None
 
     def serves(self, host: str, port: int) -> bool:
         """Whether an agent asking for host:port means this target."""
@@ -92,6 +95,7 @@ class Config:
     targets: tuple[Target, ...]
     sandbox_target: str | None = None
     approvals: ApprovalSettings | None = None
+    agents: AgentDirectory = field(default_factory=lambda: AgentDirectory((), ()))
     # Sections parsed by their own modules (archive, ...), as written.
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -195,6 +199,7 @@ def load_config(path: Path | None = None) -> Config:
                 upstream=upstream,
                 ca=ca,
                 default=t.get("default", "deny"),
+                credential=credential_from_config(t.get("credential"), base),
             )
         )
     sandbox = data.get("sandbox", {}).get("target")
@@ -233,5 +238,6 @@ def load_config(path: Path | None = None) -> Config:
         targets=tuple(targets),
         sandbox_target=sandbox,
         approvals=approvals,
+        agents=directory_from_config(data.get("identity"), base),
         raw=data,
     )

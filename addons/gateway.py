@@ -20,9 +20,12 @@ from addons.approval import HoldState
 from addons.approvals_addon import Approvals, hold_record
 from addons.config import Config, TargetKind, Upstream, load_config
 from addons.flow_filter import compile_filter
+from addons.credentials import CredentialUnavailable
 from addons.gateway_ca import ensure_ca
+from addons.identity import Identity
 from addons.metrics import GatewayMetrics
 from addons.policy import Action, Decision, LoadedPolicy, load_policy
+from addons.proxy_auth import ProxyAuth
 from addons.refusal import refusal
 from addons.request_facts import RequestFacts, build_facts
 from addons.yaml_source import SourceError, SourceErrors
@@ -58,6 +61,7 @@ class Gateway:
         self.reload_interval = 1.0
         self.metrics = GatewayMetrics()
         self.approvals = Approvals(self.metrics)
+        self.auth = ProxyAuth()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -91,6 +95,7 @@ class Gateway:
                 raise exceptions.OptionsError(f"holdgate configuration is invalid:\n{e}") from e
             self.config, self.loaded = config, loaded
             self.approvals.configure_from(config, ctx.options.holdgate_approvals_port)
+            self.auth.directory = config.agents
             ensure_ca(config.certs_dir)
             self._apply_mitmproxy_options()
             log.info(
@@ -125,10 +130,35 @@ class Gateway:
         }
         if ctx.options.confdir == "~/.mitmproxy":
             updates["confdir"] = str(self.config.certs_dir)
+        client_certs = self._client_cert_dir()
+        if client_certs is not None:
+            updates["client_certs"] = str(client_certs)
         bundle = self._upstream_ca_bundle()
         if bundle is not None:
             updates["ssl_verify_upstream_trusted_ca"] = str(bundle)
         ctx.options.update(**updates)
+
+    def _client_cert_dir(self) -> Path | None:
+        """Upstream mTLS: mitmproxy picks `<server name>.pem` (certificate and key) from a directory."""
+        assert self.config is not None
+        targets = [t for t in self.config.targets if t.credential and t.credential.client_cert]
+        if not targets:
+            return None
+        directory = self.config.state_dir / "client-certs"
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        for t in targets:
+            assert t.credential is not None and t.credential.client_cert is not None
+            pem = t.credential.client_cert.read_bytes()
+            if t.credential.client_key is not None:
+                pem = pem.rstrip(b"\n") + b"\n" + t.credential.client_key.read_bytes()
+            hosts = [t.upstream.host] if t.upstream else [h.split(":")[0] for h in t.hosts]
+            for host in hosts:
+                path = directory / f"{host}.pem"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(pem)
+        return directory
 
     def _upstream_ca_bundle(self) -> Path | None:
         """One PEM bundle of every target's upstream CA (mitmproxy verifies with one bundle)."""
@@ -198,9 +228,11 @@ class Gateway:
 
     # --- hooks -------------------------------------------------------------------------------
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        """Refuse tunnels to undeclared hosts up front when the default is deny."""
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Authenticate the agent, and refuse tunnels to undeclared hosts when the default is deny."""
         if self.config is None or flow.response:
+            return
+        if not await self.auth.check_connect(flow):
             return
         host, port = flow.request.host, flow.request.port
         if self.config.target_for(host, port) is None and self.config.default == "deny":
@@ -222,7 +254,17 @@ class Gateway:
             or self.loaded is None
         ):
             return
-        facts = self.facts_for(flow)
+        identity = await self.auth.identity_for(flow)
+        if flow.response:  # 407: no or bad agent credentials; nothing goes upstream
+            flow.metadata[METADATA_KEY] = {
+                "decision": {
+                    "action": "deny",
+                    "rule": None,
+                    "reason": "proxy authentication failed",
+                }
+            }
+            return
+        facts = self.facts_for(flow, identity)
         decision = self.loaded.policy.decide(facts, self.config)
         self._record(flow, facts, decision)
         self.metrics.requests.labels(
@@ -278,7 +320,7 @@ class Gateway:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def facts_for(self, flow: http.HTTPFlow) -> RequestFacts:
+    def facts_for(self, flow: http.HTTPFlow, identity: Identity | None = None) -> RequestFacts:
         """Classify a flow's request."""
         assert self.config is not None
         request = flow.request
@@ -291,14 +333,30 @@ class Gateway:
             content_type=request.headers.get("content-type", ""),
             content_encoding=request.headers.get("content-encoding", ""),
             body=request.raw_content or b"",
-            identity=None,
+            identity=identity,
             flow=flow,
         )
 
     def _route(self, flow: http.HTTPFlow, facts: RequestFacts) -> None:
-        if facts.target is None:
+        """Send an allowed request to its target's upstream, with the target's credential."""
+        target = facts.target
+        if target is None:
             return
-        upstream = self.upstream_overrides.get(facts.target.name) or facts.target.upstream
+        if target.credential is not None:
+            try:
+                authorization = target.credential.authorization()
+            except CredentialUnavailable as e:
+                log.error("target %s: upstream credential unavailable: %s", target.name, e)
+                decision = Decision(Action.DENY, None, "upstream credential unavailable")
+                self._refuse(
+                    flow, facts, "the gateway's upstream credential is unavailable", decision
+                )
+                return
+            # The agent's own credential never goes upstream.
+            flow.request.headers.pop("Authorization", None)
+            if authorization is not None:
+                flow.request.headers["Authorization"] = authorization
+        upstream = self.upstream_overrides.get(target.name) or target.upstream
         if upstream is None:
             return
         flow.request.scheme = upstream.scheme

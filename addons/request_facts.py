@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from addons.config import Config, Target, TargetKind
+from addons.identity import Identity
 from addons.kube_request import (
     BodyObject,
     ExecCommand,
@@ -16,25 +17,6 @@ from addons.kube_request import (
     read_body,
     with_body,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who is asking: an authenticated agent, its owner and groups, and the run it belongs to."""
-
-    agent: str
-    owner: str = ""
-    groups: tuple[str, ...] = ()
-    run_id: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain-data form for flow metadata."""
-        return {
-            "agent": self.agent,
-            "owner": self.owner,
-            "groups": list(self.groups),
-            "run_id": self.run_id,
-        }
 
 
 @dataclass(frozen=True, slots=True)
