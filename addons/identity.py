@@ -157,7 +157,9 @@ def parse_proxy_authorization(header: str) -> Credentials:
     """Decode `Basic base64(user:secret)`."""
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "basic" or not value:
-        raise AuthError("use Proxy-Authorization: Basic (agent name and token, or a JWT as password)")
+        raise AuthError(
+            "use Proxy-Authorization: Basic (agent name and token, or a JWT as password)"
+        )
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError) as e:
@@ -198,7 +200,9 @@ class AgentDirectory:
         # Compare even for unknown agents, so timing does not tell which names exist.
         if not hmac.compare_digest(digest, expected or "0" * 64) or agent is None or not expected:
             raise AuthError("invalid agent credentials")
-        return Identity(agent=agent.name, owner=agent.owner, groups=agent.groups, run_id=run_id), None
+        return Identity(
+            agent=agent.name, owner=agent.owner, groups=agent.groups, run_id=run_id
+        ), None
 
     def _verify_jwt(self, token: str, run_id: str) -> tuple[Identity, float | None]:
         try:
@@ -236,7 +240,9 @@ class AgentDirectory:
         groups = list(issuer.groups)
         if issuer.groups_claim:
             value = claims.get(issuer.groups_claim, [])
-            groups += [value] if isinstance(value, str) else [str(g) for g in value if isinstance(g, str)]
+            groups += (
+                [value] if isinstance(value, str) else [str(g) for g in value if isinstance(g, str)]
+            )
         if issuer.run_id_claim and claims.get(issuer.run_id_claim) is not None:
             run_id = str(claims[issuer.run_id_claim])
         identity = Identity(
@@ -257,7 +263,9 @@ def directory_from_config(section: dict[str, Any] | None, base: Path) -> AgentDi
             owner=a.get("owner", ""),
             groups=tuple(a.get("groups", ())),
             token_sha256=a.get("token_sha256"),
-            token_sha256_file=(base / a["token_sha256_file"]).resolve() if "token_sha256_file" in a else None,
+            token_sha256_file=(base / a["token_sha256_file"]).resolve()
+            if "token_sha256_file" in a
+            else None,
         )
         for a in section.get("agents", ())
     )

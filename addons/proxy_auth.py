@@ -31,9 +31,9 @@ class ProxyAuth:
     def __init__(self) -> None:
         self.directory = AgentDirectory((), ())
         # Identities proven on a connection (CONNECT), with the credential's expiry.
-        self._by_client: weakref.WeakKeyDictionary[connection.Client, tuple[Identity, float | None]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._by_client: weakref.WeakKeyDictionary[
+            connection.Client, tuple[Identity, float | None]
+        ] = weakref.WeakKeyDictionary()
 
     @property
     def enabled(self) -> bool:
@@ -70,7 +70,9 @@ class ProxyAuth:
             elif flow.client_conn in self._by_client:
                 identity, expires = self._by_client[flow.client_conn]
             else:
-                raise AuthError("proxy authentication required: set agent credentials in the proxy URL")
+                raise AuthError(
+                    "proxy authentication required: set agent credentials in the proxy URL"
+                )
             if expires is not None and time.time() > expires:
                 raise AuthError("the token has expired; reconnect with a fresh one")
         except AuthError as e:
