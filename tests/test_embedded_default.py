@@ -66,7 +66,12 @@ def test_embedded_default_sandbox(tmp_path: Path) -> None:
         assert kubeconfig == ROOT / "var" / "agent.kubeconfig"
         cluster = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]
         assert cluster["server"] == "https://kubernetes.default.svc"
-        assert cluster["proxy-url"] == gw.proxy_url
+        # The agent holds proxy credentials and a placeholder; the gateway injects the API token.
+        agent_token = (ROOT / "var" / "sandbox" / "agent-token").read_text().strip()
+        assert cluster["proxy-url"] == f"http://sandbox-agent:{agent_token}@127.0.0.1:{gw.port}"
+        user = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]
+        assert user == {"token": "injected-by-holdgate"}
+        assert oct(kubeconfig.stat().st_mode & 0o777) == "0o600"
         result = kubectl(kubeconfig, "get", "ns")
         assert result.returncode == 0, result.stderr
         assert "sandbox" in result.stdout
@@ -98,9 +103,9 @@ def test_embedded_default_sandbox(tmp_path: Path) -> None:
         assert f"secret/{name} created" in out
         result = kubectl(kubeconfig, "get", "secrets", "-n", "prod")
         assert "deny-prod-secret-reads" in result.stderr
-        gw.wait_for_output(
-            r"curl: +curl --proxy http://127\.0\.0\.1:\d+ --cacert \S+mitmproxy-ca-cert\.pem"
-        )
+        curl = gw.wait_for_output(r"curl: +curl --proxy (.+?) --cacert \S+mitmproxy-ca-cert\.pem")
+        assert agent_token not in curl.group(0) and "$(cat " in curl.group(1)
+        assert agent_token not in gw.output()
     finally:
         gw.stop()
     ca_key = ROOT / "certs" / "mitmproxy-ca.pem"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,14 +23,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("holdgate")
 
 
-def sandbox_token(state_dir: Path) -> str:
-    """The sandbox API's bearer token, created once and kept in the state directory."""
-    path = state_dir / "sandbox" / "token"
+def _secret_file(path: Path) -> str:
+    """A random secret kept in a 0600 file, created once."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(24))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
+
+
+def sandbox_token(state_dir: Path) -> str:
+    """The sandbox API's bearer token: only the gateway holds it (it injects it)."""
+    return _secret_file(state_dir / "sandbox" / "token")
+
+
+def sandbox_agent_token(state_dir: Path) -> str:
+    """The sandbox agent's proxy token; its SHA-256 is what the gateway checks."""
+    token = _secret_file(state_dir / "sandbox" / "agent-token")
+    digest = state_dir / "sandbox" / "agent-token.sha256"
+    digest.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
+    return token
 
 
 def agent_kubeconfig_path(state_dir: Path) -> Path:
@@ -57,29 +72,38 @@ class Sandbox:
         await self.simulator.start()
         upstream: Upstream = parse_upstream(self.simulator.url)
         self.gateway.set_upstream(target.name, upstream, self.simulator.ca_path)
-        proxy = f"http://{_display_host(ctx.options.listen_host)}:{_listen_port()}"
+        address = f"{_display_host(ctx.options.listen_host)}:{_listen_port()}"
         host = target.hosts[0]
+        ca = ca_cert_path(config.certs_dir)
+        agent = next(iter(config.agents.agents), None)
+        if agent is not None:
+            # The agent holds proxy credentials and a placeholder; the gateway injects the real token.
+            agent_token = sandbox_agent_token(state)
+            proxy = f"http://{agent}:{agent_token}@{address}"
+            shown_proxy = f"http://{agent}:$(cat {state / 'sandbox' / 'agent-token'})@{address}"
+            user_token = "injected-by-holdgate" if target.credential else token
+        else:
+            proxy = shown_proxy = f"http://{address}"
+            user_token = token
         kubeconfig = simple_kubeconfig(
-            server=f"https://{host}",
-            ca_pem=ca_cert_path(config.certs_dir).read_bytes(),
-            token=token,
+            server=f"https://{host}", ca_pem=ca.read_bytes(), token=user_token
         )
         kubeconfig["clusters"][0]["cluster"]["proxy-url"] = proxy
         path = agent_kubeconfig_path(state)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(yaml.safe_dump(kubeconfig, sort_keys=False))
         log.info(
             "holdgate sandbox: Kubernetes API simulator at %s behind target %r (host %s)\n"
             "  kubectl:  export KUBECONFIG=%s; kubectl get ns\n"
-            "  curl:     curl --proxy %s --cacert %s -H 'Authorization: Bearer %s' https://%s/api/v1/namespaces",
+            "  curl:     curl --proxy %s --cacert %s https://%s/api/v1/namespaces",
             self.simulator.url,
             target.name,
             host,
             path,
-            proxy,
-            ca_cert_path(config.certs_dir),
-            "$(cat " + str(state / "sandbox" / "token") + ")",
+            shown_proxy,
+            ca,
             host,
         )
 
