@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -28,6 +29,41 @@ def _print_errors(e: SourceError | SourceErrors) -> int:
     return EXIT_INVALID
 
 
+def runtime_warnings(config: Config) -> list[str]:
+    """Secrets the gateway reads at run time that are missing now (files may appear later)."""
+    import os
+
+    warnings = []
+    for target in config.targets:
+        if target.credential is None:
+            continue
+        for path in target.credential.files():
+            if not Path(path).exists():
+                warnings.append(
+                    f"target {target.name}: credential file {path} does not exist (yet)"
+                )
+        for name in target.credential.env_vars():
+            if not os.environ.get(name):
+                warnings.append(f"target {target.name}: environment variable {name} is not set")
+    for agent in config.agents.agents.values():
+        if agent.token_sha256_file is not None and not agent.token_sha256_file.exists():
+            warnings.append(
+                f"agent {agent.name}: token file {agent.token_sha256_file} does not exist (yet)"
+            )
+    if config.approvals is not None and config.approvals.slack is not None:
+        from addons.slack_channel import SlackSettings
+
+        try:
+            missing = SlackSettings.from_dict(config.approvals.slack).missing_secrets(os.environ)
+        except ValueError as e:
+            warnings.append(f"approvals.slack: {e}")
+        else:
+            warnings += [
+                f"approvals.slack: environment variable {name} is not set" for name in missing
+            ]
+    return warnings
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from addons.flow_filter import compile_filter
     from addons.policy import load_policy
@@ -41,6 +77,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     failures = run_rule_tests(config, loaded)
     for failure in failures:
         print(failure, file=sys.stderr)
+    for warning in runtime_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     if failures:
         return EXIT_INVALID
     print(
@@ -109,7 +147,7 @@ def cmd_ca(args: argparse.Namespace) -> int:
 
 def cmd_kubeconfig(args: argparse.Namespace) -> int:
     from addons.gateway_ca import ensure_ca
-    from addons.kubeconfig import KubeconfigError, agent_kubeconfig
+    from addons.kubeconfig import INJECTED_PLACEHOLDER, KubeconfigError, agent_kubeconfig
 
     try:
         config = _config(args)
@@ -124,6 +162,17 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
             gateway_ca_pem=ensure_ca(config.certs_dir).read_bytes(),
             context=args.context,
         )
+        server = urlsplit(result["clusters"][0]["cluster"].get("server", ""))
+        target = config.target_for(server.hostname or "", server.port or 443)
+        if target is None:
+            print(
+                f"warning: {server.hostname} is not among the gateway's target hosts; "
+                "add it to a target's hosts or agents will be refused",
+                file=sys.stderr,
+            )
+        elif target.credential is not None:
+            # The gateway injects the real credential: the agent holds nothing that works alone.
+            result["users"][0]["user"] = {"token": INJECTED_PLACEHOLDER}
     except (OSError, yaml.YAMLError, KubeconfigError, KeyError, TypeError) as e:
         print(f"holdgate kubeconfig: {args.kubeconfig}: {e}", file=sys.stderr)
         return EXIT_INVALID

@@ -7,6 +7,10 @@ import copy
 from typing import Any
 
 
+# What an agent's kubeconfig holds when the gateway injects the real credential.
+INJECTED_PLACEHOLDER = "injected-by-holdgate"
+
+
 class KubeconfigError(ValueError):
     """The input kubeconfig cannot be turned into an agent kubeconfig."""
 

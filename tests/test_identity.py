@@ -317,3 +317,38 @@ def test_kubectl_with_credentials_in_proxy_url(gateway: GatewayProcess, tmp_path
     no_creds = write_agent_kubeconfig(tmp_path / "kc2", gateway)
     result = kubectl(no_creds, "get", "ns")
     assert result.returncode != 0 and "Proxy Authentication Required" in result.stderr
+
+
+def test_holdgate_kubeconfig_writes_a_placeholder_when_injecting(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import BIN
+
+    source = write_agent_kubeconfig(tmp_path / "admin", gateway, token=SIM_TOKEN)
+    out = tmp_path / "agent"
+    result = subprocess.run(
+        [
+            str(BIN / "holdgate"),
+            "kubeconfig",
+            "--config",
+            str(gateway.home / "holdgate.yaml"),
+            "--kubeconfig",
+            str(source),
+            "--out",
+            str(out),
+            "--proxy-url",
+            proxy(gateway, "ci-bot", CI_TOKEN),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    written = yaml.safe_load(out.read_text())
+    assert written["users"][0]["user"] == {"token": "injected-by-holdgate"}
+    assert SIM_TOKEN not in out.read_text()
+    assert kubectl(out, "get", "ns").returncode == 0

@@ -14,7 +14,7 @@ from mitmproxy import ctx
 
 from addons.config import Upstream, parse_upstream
 from addons.gateway_ca import ca_cert_path
-from addons.kubeconfig import simple_kubeconfig
+from addons.kubeconfig import INJECTED_PLACEHOLDER, simple_kubeconfig
 
 if TYPE_CHECKING:
     from addons.gateway import Gateway
@@ -81,7 +81,7 @@ class Sandbox:
             agent_token = sandbox_agent_token(state)
             proxy = f"http://{agent}:{agent_token}@{address}"
             shown_proxy = f"http://{agent}:$(cat {state / 'sandbox' / 'agent-token'})@{address}"
-            user_token = "injected-by-holdgate" if target.credential else token
+            user_token = INJECTED_PLACEHOLDER if target.credential else token
         else:
             proxy = shown_proxy = f"http://{address}"
             user_token = token
