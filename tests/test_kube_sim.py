@@ -563,6 +563,10 @@ def test_kubectl_exec_over_websocket(kubectl: Kubectl, sim: KubeSimulator) -> No
     assert unknown.returncode == 127 and "command not found" in unknown.stderr
     echoed = kubectl("exec", "-i", "web-0", "-n", "sandbox", "--", "cat", stdin="from stdin\n")
     assert echoed.stdout == "from stdin\n"
+    # The server records a session when its side closes, which may be just after kubectl exits.
+    deadline = time.monotonic() + 10
+    while len(sim.execs) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert [(e.pod, e.command, e.exit_code) for e in sim.execs] == [
         ("web-0", ("echo", "hello"), 0),
         ("web-0", ("sh", "-c", "exit 3"), 3),
