@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from addons import approval
@@ -195,6 +195,11 @@ class ApprovalDesk:
                 final = approval.cancel(hold, why, self.clock())
                 asyncio.get_running_loop().create_task(self._finish(final, None))
 
+    async def cancel_all(self, why: str) -> None:
+        """Cancel every pending hold (the gateway is stopping); channels are told."""
+        for hold in self.pending():
+            await self._finish(approval.cancel(hold, why, self.clock()), None)
+
     async def _finish(self, hold: Hold, review: Review | None) -> None:
         self.holds[hold.id] = hold
         future = self._futures.get(hold.id)
@@ -256,7 +261,3 @@ class ApprovalDesk:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(event)
 
-
-def with_summary(hold: Hold, **summary: Any) -> Hold:
-    """A copy of the hold with more facts shown to reviewers."""
-    return replace(hold, summary={**hold.summary, **summary})

@@ -54,6 +54,7 @@ class Approvals:
         self.config: Config | None = None
         self.desk_url = ""
         self.port_override = -1
+        self.slack_settings: Any = None
 
     def configure_from(self, config: Config, port_override: int = -1) -> None:
         """Set up from a loaded configuration (approvals off when it has no `approvals`)."""
@@ -62,6 +63,16 @@ class Approvals:
         if config.approvals is None:
             self.desk = None
             return
+        if config.approvals.slack is not None:
+            from addons.slack_channel import SlackSettings
+
+            settings = SlackSettings.from_dict(config.approvals.slack)  # ValueError: config error
+            missing = settings.missing_secrets(os.environ)
+            if missing:
+                raise ValueError(
+                    "approvals.slack: environment variable(s) not set: " + ", ".join(missing)
+                )
+            self.slack_settings = settings
         if self.desk is None:
             self.desk = ApprovalDesk()
             self.desk.on_decided.append(self._count)
@@ -101,10 +112,10 @@ class Approvals:
         )
         log.info("holdgate approvals page listening at %s (%s)", self.desk_url, shown)
         _write_desk_file(self.config.state_dir, self.desk_url)
-        if settings.slack is not None:
-            from addons.slack_channel import SlackChannel, SlackSettings
+        if self.slack_settings is not None:
+            from addons.slack_channel import SlackChannel
 
-            self.channels.append(SlackChannel(SlackSettings.from_dict(settings.slack)))
+            self.channels.append(SlackChannel(self.slack_settings))
         for channel in self.channels:
             try:
                 await channel.start(self.desk)
@@ -113,6 +124,9 @@ class Approvals:
                 log.error("approval channel %s failed to start: %s", channel.name, e)
 
     async def done(self) -> None:
+        # Cancel pending holds first, so every channel can still show the outcome.
+        if self.desk is not None:
+            await self.desk.cancel_all("the gateway is stopping")
         for channel in self.channels:
             try:
                 await channel.stop()

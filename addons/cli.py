@@ -50,18 +50,27 @@ def runtime_warnings(config: Config) -> list[str]:
             warnings.append(
                 f"agent {agent.name}: token file {agent.token_sha256_file} does not exist (yet)"
             )
-    if config.approvals is not None and config.approvals.slack is not None:
-        from addons.slack_channel import SlackSettings
-
-        try:
-            missing = SlackSettings.from_dict(config.approvals.slack).missing_secrets(os.environ)
-        except ValueError as e:
-            warnings.append(f"approvals.slack: {e}")
-        else:
-            warnings += [
-                f"approvals.slack: environment variable {name} is not set" for name in missing
-            ]
     return warnings
+
+
+def missing_secrets(config: Config) -> list[SourceError]:
+    """Secrets the configuration needs from the environment that are not set (errors)."""
+    import os
+
+    from addons.yaml_source import load_yaml
+
+    if config.approvals is None or config.approvals.slack is None:
+        return []
+    from addons.slack_channel import SlackSettings
+
+    doc = load_yaml(config.path)
+    missing = SlackSettings.from_dict(config.approvals.slack).missing_secrets(os.environ)
+    return [
+        doc.error(
+            ("approvals", "slack"), f"approvals.slack: environment variable {name} is not set"
+        )
+        for name in missing
+    ]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -74,7 +83,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         loaded = load_policy(config.rule_files(), config, compile_filter)
     except (SourceError, SourceErrors) as e:
         return _print_errors(e)
-    failures = run_rule_tests(config, loaded)
+    failures: list[object] = [*missing_secrets(config), *run_rule_tests(config, loaded)]
     for failure in failures:
         print(failure, file=sys.stderr)
     for warning in runtime_warnings(config):

@@ -214,6 +214,13 @@ def load_config(path: Path | None = None) -> Config:
     approvals = None
     if "approvals" in data:
         section = data["approvals"] or {}
+        if section.get("slack") is not None:
+            from addons.slack_channel import SlackSettings
+
+            try:
+                SlackSettings.from_dict(section["slack"])
+            except ValueError as e:
+                errors.append(doc.error(("approvals", "slack"), str(e)))
         page = section.get("page", {})
         approvals = ApprovalSettings(
             page_host=page.get("listen_host", "127.0.0.1"),

@@ -17,15 +17,17 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from addons.approval import HoldState
-from addons.approvals_addon import Approvals, hold_record
+from addons.approvals_addon import Approvals, admin_token, hold_record
 from addons.config import Config, TargetKind, Upstream, load_config
-from addons.flow_filter import compile_filter
 from addons.credentials import CredentialUnavailable
+from addons.flow_filter import compile_filter
 from addons.gateway_ca import ensure_ca
 from addons.identity import Identity
 from addons.metrics import GatewayMetrics
-from addons.policy import Action, Decision, LoadedPolicy, load_policy
+from addons.ownership import Ownership
+from addons.policy import Action, Decision, LoadedPolicy, Rule, load_policy
 from addons.proxy_auth import ProxyAuth
+from addons.reaping import proxy_url_file
 from addons.refusal import refusal
 from addons.request_facts import RequestFacts, build_facts
 from addons.yaml_source import SourceError, SourceErrors
@@ -62,6 +64,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.approvals = Approvals(self.metrics)
         self.auth = ProxyAuth()
+        self.ownership = Ownership()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -94,8 +97,13 @@ class Gateway:
             except (SourceError, SourceErrors) as e:
                 raise exceptions.OptionsError(f"holdgate configuration is invalid:\n{e}") from e
             self.config, self.loaded = config, loaded
-            self.approvals.configure_from(config, ctx.options.holdgate_approvals_port)
-            self.auth.directory = config.agents
+            try:
+                self.approvals.configure_from(config, ctx.options.holdgate_approvals_port)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"holdgate configuration is invalid: {e}") from e
+            token = admin_token(config.state_dir)
+            self.auth.directory = config.agents.with_reaper(token)
+            self.ownership.configure_from(config, token)
             ensure_ca(config.certs_dir)
             self._apply_mitmproxy_options()
             log.info(
@@ -195,8 +203,15 @@ class Gateway:
     async def running(self) -> None:
         if self.reload_interval > 0 and self._reload_task is None:
             self._reload_task = asyncio.create_task(self._watch_rules())
+        if self.config is not None:
+            proxy_url = f"http://{_display_host(ctx.options.listen_host)}:{_listen_port()}"
+            path = proxy_url_file(self.config.state_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(proxy_url + "\n")
+            self.ownership.start_reaper(proxy_url)
 
     def done(self) -> None:
+        self.ownership.stop_reaper()
         if self._reload_task is not None:
             self._reload_task.cancel()
             self._reload_task = None
@@ -271,7 +286,7 @@ class Gateway:
             str(decision.action), decision.rule.id if decision.rule else ""
         ).inc()
         if decision.action is Action.ALLOW:
-            self._route(flow, facts)
+            self._route(flow, facts, decision.rule)
         elif decision.action is Action.DENY:
             self._refuse(flow, facts, decision.reason, decision)
         else:
@@ -290,17 +305,24 @@ class Gateway:
             log.info(
                 "allow %s: covered by the approval window of hold %s", _describe(facts), covering
             )
-            self._route(flow, facts)
+            self._route(flow, facts, decision.rule)
             return
         hold = await self.approvals.hold(flow, facts, decision)
         meta["hold"] = hold_record(hold)
         flow.comment = f"{hold.state}: {_describe(facts)} (rule {rule}; {hold.reason})"
         log.info("hold %s %s: %s: %s", hold.id, hold.state, _describe(facts), hold.reason)
         if hold.state is HoldState.APPROVED:
-            self._route(flow, facts)
+            self._route(flow, facts, decision.rule)
             return
         message = f"{hold.reason} (rule {rule}, hold {hold.id})"
         self._refuse(flow, facts, message, decision)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        """Record what agents created (and deleted) in the ledger."""
+        request_facts = flow.metadata.get(METADATA_KEY, {}).get("request") or {}
+        kube = request_facts.get("kubernetes")
+        if kube and request_facts.get("target"):
+            await self.ownership.after_response(flow, request_facts["target"], kube)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Let watches and followed logs stream through live instead of being buffered."""
@@ -337,11 +359,13 @@ class Gateway:
             flow=flow,
         )
 
-    def _route(self, flow: http.HTTPFlow, facts: RequestFacts) -> None:
+    def _route(self, flow: http.HTTPFlow, facts: RequestFacts, rule: Rule | None = None) -> None:
         """Send an allowed request to its target's upstream, with the target's credential."""
         target = facts.target
         if target is None:
             return
+        if target.kind is TargetKind.KUBERNETES:
+            self.ownership.before_upstream(flow, facts, rule)
         if target.credential is not None:
             try:
                 authorization = target.credential.authorization()
@@ -389,6 +413,17 @@ class Gateway:
             what,
             decision.reason,
         )
+
+
+def _display_host(host: str) -> str:
+    return host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+
+
+def _listen_port() -> Any:
+    """The port the proxy really listens on (listen_port may be 0)."""
+    server = ctx.master.addons.get("proxyserver")
+    addrs = server.listen_addrs() if server is not None else []
+    return addrs[0][1] if addrs else ctx.options.listen_port or 8080
 
 
 def _describe(facts: RequestFacts) -> str:

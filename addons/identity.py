@@ -26,6 +26,8 @@ log = logging.getLogger("holdgate")
 # Asymmetric algorithms only: never `none`, never HMAC with a public key as the secret.
 DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA")
 RUN_SEPARATOR = "+"
+# The gateway's own agent (`holdgate reap`, the reaper loop): authenticated by the admin token.
+REAPER_AGENT = "holdgate-reaper"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +182,12 @@ class AgentDirectory:
     def __init__(self, agents: tuple[StaticAgent, ...], issuers: tuple[OidcIssuer, ...]) -> None:
         self.agents = {a.name: a for a in agents}
         self.issuers = issuers
+        self.reaper_token_sha256: str | None = None
+
+    def with_reaper(self, admin_token: str) -> AgentDirectory:
+        """The same directory, also accepting the gateway's own reaper agent."""
+        self.reaper_token_sha256 = hashlib.sha256(admin_token.encode()).hexdigest()
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -194,6 +202,11 @@ class AgentDirectory:
         name, _, run_id = creds.username.partition(RUN_SEPARATOR)
         if _looks_like_jwt(creds.secret) and self.issuers:
             return self._verify_jwt(creds.secret, run_id)
+        if name == REAPER_AGENT and self.reaper_token_sha256 is not None:
+            digest = hashlib.sha256(creds.secret.encode()).hexdigest()
+            if not hmac.compare_digest(digest, self.reaper_token_sha256):
+                raise AuthError("invalid agent credentials")
+            return Identity(agent=REAPER_AGENT, groups=(REAPER_AGENT,), run_id=run_id), None
         agent = self.agents.get(name)
         expected = agent.expected_digest() if agent else None
         digest = hashlib.sha256(creds.secret.encode()).hexdigest()

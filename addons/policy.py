@@ -66,6 +66,7 @@ class Rule:
     timeout: float = DEFAULT_APPROVAL_TIMEOUT
     window: float = 0.0
     escalate_after: float | None = None
+    ttl: float | None = None
     matchers: tuple[Matcher, ...] = field(default=(), compare=False, repr=False)
     # For the index: exact target names and exact resources this rule is limited to, if any.
     target_keys: frozenset[str] | None = field(default=None, compare=False, repr=False)
@@ -514,7 +515,7 @@ def _compile_rule(
             except ValueError as e:
                 errors.append(doc.error(loc + ("filter",), f"invalid filter expression: {e}"))
     durations: dict[str, float] = {}
-    for key in ("timeout", "window", "escalate_after"):
+    for key in ("timeout", "window", "escalate_after", "ttl"):
         if key in raw:
             try:
                 durations[key] = parse_duration(raw[key])
@@ -533,6 +534,13 @@ def _compile_rule(
                 doc.error(loc + ("required",), "more approvals required than reviewers listed")
             )
     else:
+        if action is Action.DENY and "ttl" in raw:
+            errors.append(
+                doc.error(
+                    loc + ("ttl",),
+                    "'ttl' applies to what allow and approve rules let agents create",
+                )
+            )
         for key in ("reviewers", "required", "timeout", "window", "escalate_after"):
             if key in raw:
                 errors.append(doc.error(loc + (key,), f"{key!r} only applies to approve rules"))
@@ -552,6 +560,7 @@ def _compile_rule(
             timeout=timeout,
             window=durations.get("window", 0.0),
             escalate_after=durations.get("escalate_after"),
+            ttl=durations.get("ttl"),
             matchers=tuple(matchers),
             target_keys=target_keys,
             resource_keys=resource_keys,

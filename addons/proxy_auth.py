@@ -47,10 +47,10 @@ class ProxyAuth:
 
     async def check_connect(self, flow: http.HTTPFlow) -> bool:
         """Authenticate a CONNECT; on failure set a 407 and return False."""
-        if not self.enabled:
-            return True
         header = flow.request.headers.get(PROXY_AUTHORIZATION)
         flow.request.headers.pop(PROXY_AUTHORIZATION, None)
+        if not self.enabled and header is None:
+            return True  # anonymous mode: no agents declared
         try:
             self._by_client[flow.client_conn] = await self._authenticate(header)
         except AuthError as e:
@@ -60,10 +60,10 @@ class ProxyAuth:
 
     async def identity_for(self, flow: http.HTTPFlow) -> Identity | None:
         """The request's agent; sets a 407 and returns None when it has none. Strips the header."""
-        if not self.enabled:
-            return None
         header = flow.request.headers.get(PROXY_AUTHORIZATION)
         flow.request.headers.pop(PROXY_AUTHORIZATION, None)
+        if not self.enabled and header is None and flow.client_conn not in self._by_client:
+            return None  # anonymous mode: no agents declared
         try:
             if header is not None:  # a plain-HTTP proxied request carries its own credentials
                 identity, expires = await self._authenticate(header)
