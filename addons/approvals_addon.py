@@ -16,13 +16,16 @@ from addons.approvals_page import ApprovalsPage, LocalReviewer
 from addons.config import Config
 from addons.metrics import GatewayMetrics
 from addons.policy import Decision
+from addons.redact import MaskSet, mask_request_body
 from addons.request_facts import RequestFacts
+from addons.response_masking import kind_hint
 
 log = logging.getLogger("holdgate")
 
 REASON_HEADER = "X-Holdgate-Reason"
 ADMIN_TOKEN_ENV = "HOLDGATE_ADMIN_TOKEN"
 MAX_REASON = 500
+MAX_EXCERPT = 2000
 
 
 def admin_token(state_dir: Path) -> str:
@@ -141,7 +144,9 @@ class Approvals:
         if self.desk is not None:
             self.desk.cancel_client(client.id, "the client disconnected while waiting")
 
-    async def hold(self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision) -> Hold:
+    async def hold(
+        self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision, masks: MaskSet
+    ) -> Hold:
         """Hold the flow until its request is decided; returns the final hold."""
         assert self.desk is not None and decision.rule is not None
         rule = decision.rule
@@ -157,7 +162,7 @@ class Approvals:
             "exec": {"command": list(facts.exec.command)} if facts.exec else None,
             "identity": identity.as_dict() if identity else None,
             "reason": request.headers.get(REASON_HEADER, "")[:MAX_REASON],
-            "body_excerpt": body_excerpt(facts, request.raw_content or b""),
+            "body_excerpt": body_excerpt(facts, request, masks),
         }
         spec = HoldSpec(
             rule_id=rule.id,
@@ -188,14 +193,22 @@ class Approvals:
         return self.desk.window_covers(agent, digest)
 
 
-def body_excerpt(facts: RequestFacts, body: bytes) -> str:
-    """What reviewers see of a body: never values, until masking can vouch for them."""
+def body_excerpt(facts: RequestFacts, request: http.Request, masks: MaskSet) -> str:
+    """What reviewers see of a body: masked, or withheld whole when it cannot be masked."""
+    body = request.raw_content or b""
     if not body:
         return ""
-    if facts.body is not None and facts.body.kind:
-        where = f" in {facts.body.namespace}" if facts.body.namespace else ""
-        return f"{facts.body.kind} {facts.body.name}{where} ({len(body)} bytes; values withheld)"
-    return f"({len(body)} bytes; values withheld)"
+    kind = kind_hint(facts)
+    content_type = request.headers.get("content-type", "")
+    if request.headers.get("content-encoding", "identity") not in ("", "identity"):
+        return f"({len(body)} bytes, content-encoded; withheld)"
+    result = mask_request_body(content_type, body, masks, kind=kind)
+    if result.replaced_whole:
+        return f"({len(body)} bytes; withheld: {result.reason})"
+    text = result.body.decode("utf-8", "replace")
+    if len(text) > MAX_EXCERPT:
+        text = text[:MAX_EXCERPT] + f"... ({len(text) - MAX_EXCERPT} more characters)"
+    return text
 
 
 def _write_desk_file(state_dir: Path, url: str) -> None:

@@ -28,8 +28,10 @@ from addons.ownership import Ownership
 from addons.policy import Action, Decision, LoadedPolicy, Rule, load_policy
 from addons.proxy_auth import ProxyAuth
 from addons.reaping import proxy_url_file
+from addons.redact import KUBERNETES_SECRET_MASKS, MaskSet
 from addons.refusal import refusal
 from addons.request_facts import RequestFacts, build_facts
+from addons.response_masking import ResponseMasking
 from addons.yaml_source import SourceError, SourceErrors
 
 log = logging.getLogger("holdgate")
@@ -65,6 +67,8 @@ class Gateway:
         self.approvals = Approvals(self.metrics)
         self.auth = ProxyAuth()
         self.ownership = Ownership()
+        self.masking = ResponseMasking()
+        self.mask_key: bytes | None = None
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -126,7 +130,8 @@ class Gateway:
 
     def _load_policy(self, config: Config) -> LoadedPolicy:
         files = config.rule_files()
-        loaded = load_policy(files, config, compile_filter)
+        self.mask_key = mask_key(config.state_dir)
+        loaded = load_policy(files, config, compile_filter, self.mask_key)
         self._fingerprint = _fingerprint([*files, *config.rule_paths])
         return loaded
 
@@ -231,7 +236,7 @@ class Gateway:
             return False
         self._fingerprint = fingerprint
         try:
-            loaded = load_policy(files, self.config, compile_filter)
+            loaded = load_policy(files, self.config, compile_filter, self.mask_key)
         except (SourceError, SourceErrors) as e:
             log.error("holdgate: rule change refused, the last good policy stays in force:\n%s", e)
             return False
@@ -307,7 +312,7 @@ class Gateway:
             )
             self._route(flow, facts, decision.rule)
             return
-        hold = await self.approvals.hold(flow, facts, decision)
+        hold = await self.approvals.hold(flow, facts, decision, self._shown_masks(facts))
         meta["hold"] = hold_record(hold)
         flow.comment = f"{hold.state}: {_describe(facts)} (rule {rule}; {hold.reason})"
         log.info("hold %s %s: %s: %s", hold.id, hold.state, _describe(facts), hold.reason)
@@ -318,11 +323,18 @@ class Gateway:
         self._refuse(flow, facts, message, decision)
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        """Record what agents created (and deleted) in the ledger."""
-        request_facts = flow.metadata.get(METADATA_KEY, {}).get("request") or {}
+        """Record what agents created (and deleted) in the ledger, then mask what goes back."""
+        meta = flow.metadata.get(METADATA_KEY, {})
+        request_facts = meta.get("request") or {}
         kube = request_facts.get("kubernetes")
         if kube and request_facts.get("target"):
             await self.ownership.after_response(flow, request_facts["target"], kube)
+        masked = self.masking.response(flow)
+        if masked is not None:
+            meta["masking"] = masked
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.masking.forget(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Let watches and followed logs stream through live instead of being buffered."""
@@ -332,13 +344,15 @@ class Gateway:
         kube = facts.get("kubernetes") or {}
         query = flow.request.query
         content_type = flow.response.headers.get("content-type", "")
-        if (
+        streaming = (
             kube.get("verb") == "watch"
             or query.get("follow") in ("true", "1")
             or query.get("watch") in ("true", "1")
             or content_type.startswith("text/event-stream")
-        ):
+        )
+        if streaming:
             flow.response.stream = True
+        self.masking.responseheaders(flow, streaming)
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -366,6 +380,8 @@ class Gateway:
             return
         if target.kind is TargetKind.KUBERNETES:
             self.ownership.before_upstream(flow, facts, rule)
+        if self.loaded is not None:
+            self.masking.prepare(flow, facts, self.loaded.masking.for_request(facts))
         if target.credential is not None:
             try:
                 authorization = target.credential.authorization()
@@ -386,6 +402,12 @@ class Gateway:
         flow.request.scheme = upstream.scheme
         flow.request.host = upstream.host
         flow.request.port = upstream.port
+
+    def _shown_masks(self, facts: RequestFacts) -> MaskSet:
+        """Masks for what reviewers see of a request body: the Secret built-ins always apply."""
+        assert self.loaded is not None
+        masks = self.loaded.masking.for_request(facts).masks
+        return masks.merge([KUBERNETES_SECRET_MASKS])
 
     def _refuse(
         self, flow: http.HTTPFlow, facts: RequestFacts, message: str, decision: Decision
@@ -413,6 +435,21 @@ class Gateway:
             what,
             decision.reason,
         )
+
+
+def mask_key(state_dir: Path) -> bytes:
+    """The gateway's secret for keyed-hash masks: $HOLDGATE_MASK_KEY, else a 0600 file."""
+    if os.environ.get("HOLDGATE_MASK_KEY"):
+        return os.environ["HOLDGATE_MASK_KEY"].encode()
+    path = state_dir / "mask-key"
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
 
 
 def _display_host(host: str) -> str:

@@ -26,6 +26,14 @@ from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext import parse as parse_jsonpath
 
 from addons.config import Config, TargetKind, schema_errors
+from addons.redact import (
+    EMPTY_MASKS,
+    KUBERNETES_SECRET_MASKS,
+    MaskError,
+    MaskSet,
+    MaskStyle,
+    compile_masks,
+)
 from addons.request_facts import RequestFacts
 from addons.yaml_source import Document, SourceError, SourceErrors, load_yaml
 
@@ -186,6 +194,79 @@ class Policy:
                 action, None, f"no rule matched; target {facts.target.name} default {action}"
             )
         return Decision(best.action, best, _reason(best))
+
+
+@dataclass(frozen=True, slots=True)
+class MaskRule:
+    """Masks that apply to the requests a rule's matchers select."""
+
+    id: str
+    source: str
+    line: int
+    order: int
+    masks: MaskSet
+    keyed: bool = False
+    # False switches the built-in Secret masks off for matching requests.
+    secrets: bool | None = None
+    matchers: tuple[Matcher, ...] = field(default=(), compare=False, repr=False)
+
+    def matches(self, facts: RequestFacts) -> bool:
+        """Masks apply unless a matcher rules the request out (when in doubt, mask)."""
+        return all(m(facts) is not False for m in self.matchers)
+
+    def surely_matches(self, facts: RequestFacts) -> bool:
+        """Every matcher is sure: what switching masks off needs (a cluster-wide list is not sure)."""
+        return all(m(facts) is True for m in self.matchers)
+
+
+@dataclass(frozen=True, slots=True)
+class Masking:
+    """What to mask for one request, and which mask rules said so."""
+
+    masks: MaskSet
+    rules: tuple[str, ...]
+    secret_builtins: bool
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is masked."""
+        return not self.masks.is_empty
+
+
+class MaskPolicy:
+    """Mask rules and the built-in Secret masks."""
+
+    def __init__(self, rules: Iterable[MaskRule], key: bytes | None = None) -> None:
+        self.rules = tuple(rules)
+        self.key = key
+
+    def for_request(self, facts: RequestFacts) -> Masking:
+        """The masks for one request (the Secret built-ins on Kubernetes targets, unless switched off)."""
+        chosen = [r for r in self.rules if r.matches(facts)]
+        builtins = (
+            facts.target is not None
+            and facts.target.kind is TargetKind.KUBERNETES
+            and not any(r.secrets is False and r.surely_matches(facts) for r in self.rules)
+            and _may_hold_secrets(facts)
+        )
+        keyed = any(r.keyed for r in chosen)
+        style = MaskStyle.keyed(self.key) if keyed and self.key else MaskStyle()
+        user = EMPTY_MASKS.merge(r.masks for r in chosen)
+        # The built-ins run last: their base64-preserving masks must not be overwritten.
+        masks = user.merge([KUBERNETES_SECRET_MASKS]) if builtins else user
+        return Masking(
+            masks.with_style(style), tuple(r.id for r in chosen if not r.masks.is_empty), builtins
+        )
+
+
+def _may_hold_secrets(facts: RequestFacts) -> bool:
+    """Whether a response can carry Secret objects (what the built-in masks are for)."""
+    kube = facts.kube
+    if kube is None:
+        return True  # not classified: assume it may
+    if not kube.resource_request:
+        return False
+    return kube.resource == "secrets" or kube.resource == "*"
 
 
 def _reason(rule: Rule) -> str:
@@ -441,18 +522,16 @@ def _compile_body(
     return conditions, errors
 
 
-def _compile_rule(
+def _compile_matchers(
     doc: Document,
-    index: int,
+    loc: tuple[str | int, ...],
     raw: dict[str, Any],
-    order: int,
     config: Config | None,
     compile_filter: FilterCompiler | None,
-) -> tuple[Rule | None, list[SourceError]]:
-    loc: tuple[str | int, ...] = ("rules", index)
+) -> tuple[list[Matcher], frozenset[str] | None, frozenset[str] | None, list[SourceError]]:
+    """The matchers of a policy or mask rule, and the keys it is indexed under."""
     errors: list[SourceError] = []
     matchers: list[Matcher] = []
-    action = Action(raw["action"])
     target_keys = None
     if "targets" in raw:
         matchers.append(_target_matcher(raw["targets"]))
@@ -514,6 +593,22 @@ def _compile_rule(
                 matchers.append(_filter_matcher(compile_filter(raw["filter"])))
             except ValueError as e:
                 errors.append(doc.error(loc + ("filter",), f"invalid filter expression: {e}"))
+    return matchers, target_keys, resource_keys, errors
+
+
+def _compile_rule(
+    doc: Document,
+    index: int,
+    raw: dict[str, Any],
+    order: int,
+    config: Config | None,
+    compile_filter: FilterCompiler | None,
+) -> tuple[Rule | None, list[SourceError]]:
+    loc: tuple[str | int, ...] = ("rules", index)
+    action = Action(raw["action"])
+    matchers, target_keys, resource_keys, errors = _compile_matchers(
+        doc, loc, raw, config, compile_filter
+    )
     durations: dict[str, float] = {}
     for key in ("timeout", "window", "escalate_after", "ttl"):
         if key in raw:
@@ -569,6 +664,39 @@ def _compile_rule(
     )
 
 
+def _compile_mask_rule(
+    doc: Document,
+    index: int,
+    raw: dict[str, Any],
+    order: int,
+    config: Config | None,
+    compile_filter: FilterCompiler | None,
+) -> tuple[MaskRule | None, list[SourceError]]:
+    loc: tuple[str | int, ...] = ("masks", index)
+    matchers, _, _, errors = _compile_matchers(doc, loc, raw, config, compile_filter)
+    try:
+        masks = compile_masks(raw.get("mask", []), raw.get("headers", []))
+    except MaskError as e:
+        field_name = "mask" if e.field == "paths" else e.field
+        errors.append(doc.error(loc + (field_name, e.index), str(e)))
+        return None, errors
+    if errors:
+        return None, errors
+    return (
+        MaskRule(
+            id=raw["id"],
+            source=str(doc.path),
+            line=doc.line_of(loc),
+            order=order,
+            masks=masks,
+            keyed=raw.get("style") == "hmac",
+            secrets=raw.get("secrets"),
+            matchers=tuple(matchers),
+        ),
+        [],
+    )
+
+
 def _compile_test(doc: Document, index: int, raw: dict[str, Any]) -> RuleTest:
     method, _, url = raw["request"].partition(" ")
     body = raw.get("body")
@@ -603,18 +731,22 @@ class LoadedPolicy:
     policy: Policy
     tests: tuple[RuleTest, ...]
     files: tuple[Path, ...]
+    masking: MaskPolicy = field(default_factory=lambda: MaskPolicy(()))
 
 
 def load_policy(
     files: Iterable[Path],
     config: Config | None = None,
     compile_filter: FilterCompiler | None = None,
+    mask_key: bytes | None = None,
 ) -> LoadedPolicy:
     """Read, validate and compile rule files; all problems are raised together as SourceErrors."""
     errors: list[SourceError] = []
     rules: list[Rule] = []
     tests: list[RuleTest] = []
+    mask_rules: list[MaskRule] = []
     seen: dict[str, Rule] = {}
+    seen_masks: dict[str, MaskRule] = {}
     files = tuple(files)
     for path in files:
         try:
@@ -646,6 +778,24 @@ def load_policy(
                 continue
             seen[rule.id] = rule
             rules.append(rule)
+        for i, raw in enumerate(doc.data.get("masks") or []):
+            mask_rule, mask_errors = _compile_mask_rule(
+                doc, i, raw, len(mask_rules), config, compile_filter
+            )
+            errors.extend(mask_errors)
+            if mask_rule is None:
+                continue
+            if mask_rule.id in seen_masks:
+                first = seen_masks[mask_rule.id]
+                errors.append(
+                    doc.error(
+                        ("masks", i, "id"),
+                        f"duplicate mask id {mask_rule.id!r} (first at {first.source}:{first.line})",
+                    )
+                )
+                continue
+            seen_masks[mask_rule.id] = mask_rule
+            mask_rules.append(mask_rule)
         tests.extend(
             _compile_test(doc, i, raw) for i, raw in enumerate(doc.data.get("tests") or [])
         )
@@ -656,4 +806,4 @@ def load_policy(
             )
     if errors:
         raise SourceErrors(errors)
-    return LoadedPolicy(Policy(rules), tuple(tests), files)
+    return LoadedPolicy(Policy(rules), tuple(tests), files, MaskPolicy(mask_rules, mask_key))

@@ -129,7 +129,11 @@ def test_held_create_secret_approved_reaches_upstream_once(
     hold = page.wait_pending("hold-secrets")[0]
     assert hold["request"]["kubernetes"]["resource"] == "secrets"
     assert hold["request"]["kubernetes"]["name"] == "held-1"
-    assert "values withheld" in hold["request"]["body_excerpt"] and "k=v" not in json.dumps(hold)
+    # Reviewers see the object, decoded from kubectl's protobuf, with the secret's value masked.
+    excerpt = json.loads(hold["request"]["body_excerpt"])
+    assert excerpt["metadata"] == {"name": "held-1", "namespace": "sandbox"}
+    assert excerpt["data"] == {"k": "Kioq"}  # base64 of "***"
+    assert "dg==" not in json.dumps(hold)  # base64 of the value "v"
     assert posts(simulator, "/api/v1/namespaces/sandbox/secrets") == 0
     r = page.decide(hold["id"], True)
     assert r.status_code == 200 and r.json()["outcome"] == "decided"
