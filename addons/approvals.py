@@ -260,4 +260,3 @@ class ApprovalDesk:
         for queue in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(event)
-

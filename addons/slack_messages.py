@@ -118,7 +118,7 @@ def reviewer_label(reviewer: Reviewer) -> str:
 def duration(seconds: float) -> str:
     """A short human duration ("90 seconds", "10 minutes", "2 hours")."""
     seconds = max(0, round(seconds))
-    if seconds < 120 and seconds % 60:
+    if seconds < 60 or (seconds < 120 and seconds % 60):
         return f"{seconds} second{'s' if seconds != 1 else ''}"
     minutes = seconds // 60
     if minutes < 120 or minutes % 60:

@@ -75,12 +75,12 @@ class GatewayProcess:
             if remaining <= 0:
                 raise AssertionError(f"gateway never printed {pattern!r}; output:\n{self.output()}")
             try:
-                line = self._queue.get(timeout=min(remaining, 0.5))
+                received = self._queue.get(timeout=min(remaining, 0.5))
             except queue.Empty:
                 continue
-            if line is None:
+            if received is None:
                 raise AssertionError(f"gateway exited; output:\n{self.output()}")
-            self.lines.append(line)
+            self.lines.append(received)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -98,8 +98,14 @@ def _pump(stream: object, sink: queue.Queue[str | None]) -> None:
     sink.put(None)
 
 
-def start_gateway(home: Path, config: dict[str, object], rules: dict[str, str]) -> GatewayProcess:
-    """Write a config and rule files under `home` and start the gateway on a free port."""
+def start_gateway(
+    home: Path,
+    config: dict[str, object],
+    rules: dict[str, str],
+    env: dict[str, str] | None = None,
+) -> GatewayProcess:
+    """Write a config and rule files under `home` and start the gateway on a free port
+    (`env`: extra environment variables for the gateway process)."""
     rules_dir = home / "rules"
     rules_dir.mkdir(parents=True, exist_ok=True)
     for name, text in rules.items():
@@ -111,7 +117,7 @@ def start_gateway(home: Path, config: dict[str, object], rules: dict[str, str]) 
     }
     config_path = home / "holdgate.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [
             str(BIN / "holdgate"),
