@@ -99,8 +99,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from addons.flow_filter import compile_filter
-    from addons.policy import load_policy
     from addons.identity import Identity
+    from addons.policy import load_policy
     from addons.rule_tests import decide_url
 
     try:
@@ -354,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("id")
     a.add_argument("--reason", required=True, help="why (the agent sees it)")
     p.set_defaults(func=cmd_approvals)
+
+    from addons.ledger_cli import add_commands as add_ledger_commands
+
+    add_ledger_commands(sub, config_help)
     return parser
 
 

@@ -6,7 +6,6 @@ import base64
 import copy
 from typing import Any
 
-
 # What an agent's kubeconfig holds when the gateway injects the real credential.
 INJECTED_PLACEHOLDER = "injected-by-holdgate"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from addons.kube_protobuf import MAGIC, ProtobufError, decode_envelope, object_meta
 from addons.kube_request import KubeRequest
 
 LABEL_MANAGED = "holdgate.dev/managed"
@@ -43,7 +44,13 @@ CREATE TABLE IF NOT EXISTS created (
 );
 CREATE INDEX IF NOT EXISTS created_run ON created (run_id);
 CREATE INDEX IF NOT EXISTS created_agent ON created (agent);
+CREATE INDEX IF NOT EXISTS created_name ON created (name, namespace);
 """
+
+
+def ledger_path(state_dir: Path) -> Path:
+    """Where the ledger is kept (beside the local archive)."""
+    return state_dir / "ledger.sqlite"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,11 @@ class Created:
         """kind/name -n namespace, for reports."""
         return f"{self.resource}/{self.name}" + (f" -n {self.namespace}" if self.namespace else "")
 
+    @property
+    def reap_rank(self) -> int:
+        """Namespaces go last: what they hold is deleted (and recorded) one by one first."""
+        return 1 if not self.namespace else 0
+
 
 @dataclass(frozen=True, slots=True)
 class Filter:
@@ -102,6 +114,28 @@ class Filter:
     include_deleted: bool = False
 
 
+def object_namespace(kube: KubeRequest) -> str:
+    """The namespace an object lives in (the apiserver puts a namespace "in" itself; it is not)."""
+    return "" if kube.resource == "namespaces" and not kube.api_group else kube.namespace
+
+
+def _response_object(body: bytes) -> tuple[str, dict[str, Any]] | None:
+    """(kind, metadata) of an apiserver answer, JSON or protobuf."""
+    if body.startswith(MAGIC):
+        try:
+            envelope = decode_envelope(body)
+            return envelope.kind, object_meta(envelope)
+        except ProtobufError:
+            return None
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+        return None
+    return str(obj.get("kind", "")), obj["metadata"]
+
+
 def created_from_response(
     kube: KubeRequest,
     target: str,
@@ -111,14 +145,11 @@ def created_from_response(
     ttl: float | None,
     now: float,
 ) -> Created | None:
-    """The ledger entry for a successful create, from the apiserver's answer (JSON)."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    """The ledger entry for a successful create, from the apiserver's answer (JSON or protobuf)."""
+    answer = _response_object(body)
+    if answer is None:
         return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
-        return None
-    meta = obj["metadata"]
+    kind, meta = answer
     uid, name = meta.get("uid"), meta.get("name")
     if not isinstance(uid, str) or not isinstance(name, str) or not uid or not name:
         return None
@@ -130,9 +161,9 @@ def created_from_response(
         target=target,
         api_group=kube.api_group,
         api_version=kube.api_version,
-        kind=str(obj.get("kind", "")),
+        kind=kind,
         resource=kube.resource,
-        namespace=str(meta.get("namespace", "") or kube.namespace),
+        namespace=str(meta.get("namespace", "") or object_namespace(kube)),
         name=name,
         expires_at=now + ttl if ttl else None,
     )
@@ -203,6 +234,22 @@ class Ledger:
                 "UPDATE created SET deleted_at = ?, deleted_by = ? WHERE uid = ? AND deleted_at IS NULL",
                 (now or time.time(), by, uid),
             )
+
+    def mark_deleted_object(
+        self, target: str, kube: KubeRequest, by: str, now: float | None = None
+    ) -> list[Created]:
+        """Note that the object a DELETE named is gone; returns the entries it closed."""
+        with closing(self._connect()) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(
+                "SELECT * FROM created WHERE name = ? AND namespace = ? AND resource = ? "
+                "AND api_group = ? AND target = ? AND deleted_at IS NULL",
+                (kube.name, object_namespace(kube), kube.resource, kube.api_group, target),
+            ).fetchall()
+        closed = [Created(**dict(row)) for row in rows]
+        for entry in closed:
+            self.mark_deleted(entry.uid, by, now)
+        return closed
 
     def find(self, where: Filter, now: float | None = None) -> list[Created]:
         """Entries matching a filter, oldest first."""

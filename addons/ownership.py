@@ -8,39 +8,38 @@ them like to any agent's request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import ssl
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from mitmproxy import http
 
-from addons.config import Config, TargetKind, Upstream
+from addons.config import Config
+from addons.credentials import CredentialUnavailable
 from addons.identity import REAPER_AGENT
+from addons.kube_request import classify
 from addons.ledger import (
     Created,
     Filter,
     Ledger,
     created_from_response,
     label_body,
+    ledger_path,
     ownership_metadata,
 )
 from addons.policy import Rule
+from addons.reaping import Result, delete_through_gateway
 from addons.request_facts import RequestFacts
 
 log = logging.getLogger("holdgate")
 
 KEY = "ownership"
 JSON = "application/json"
-
-
-def ledger_path(state_dir: Path) -> Path:
-    """Where the embedded default keeps the ledger (beside the local archive)."""
-    return state_dir / "ledger.sqlite"
+# A deletion the reaper loop could not make is retried after this many intervals.
+RETRY_AFTER_INTERVALS = 60
 
 
 def _is_create(facts: RequestFacts) -> bool:
@@ -54,7 +53,7 @@ def _is_create(facts: RequestFacts) -> bool:
     )
 
 
-def _is_apply_create(facts: RequestFacts, request: http.Request) -> bool:
+def _is_apply(facts: RequestFacts, request: http.Request) -> bool:
     kube = facts.kube
     return (
         kube is not None
@@ -62,6 +61,15 @@ def _is_apply_create(facts: RequestFacts, request: http.Request) -> bool:
         and not kube.subresource
         and request.headers.get("content-type", "").startswith("application/apply-patch")
     )
+
+
+def _is_dry_run(request: http.Request) -> bool:
+    return bool(request.query.get_all("dryRun"))
+
+
+def _is_json(request: http.Request) -> bool:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    return content_type == JSON or content_type.endswith("+json")
 
 
 class Ownership:
@@ -74,6 +82,7 @@ class Ownership:
         self.proxy_url = ""
         self.reaper_token = ""
         self._task: asyncio.Task[None] | None = None
+        self._retry_at: dict[str, float] = {}  # uid -> when the loop may try again
 
     def configure_from(self, config: Config, reaper_token: str) -> None:
         """Open the ledger of a loaded configuration."""
@@ -81,7 +90,7 @@ class Ownership:
         self.ledger = Ledger(ledger_path(config.state_dir))
         section = config.raw.get("ledger") or {}
         self.reap_interval = (
-            float(section.get("reap_interval_seconds", 0)) if section.get("reap_expired") else 0.0
+            float(section.get("reap_interval_seconds", 60)) if section.get("reap_expired") else 0.0
         )
         self.reaper_token = reaper_token
 
@@ -89,41 +98,36 @@ class Ownership:
 
     def before_upstream(self, flow: http.HTTPFlow, facts: RequestFacts, rule: Rule | None) -> None:
         """Put the agent, run and expiry on what a create makes (in the body when possible)."""
-        if not (_is_create(facts) or _is_apply_create(facts, flow.request)) or facts.target is None:
+        request = flow.request
+        if facts.target is None or _is_dry_run(request):
+            return
+        if not (_is_create(facts) or _is_apply(facts, request)):
             return
         identity = facts.identity
         agent = identity.agent if identity else ""
         run_id = identity.run_id if identity else ""
         ttl = rule.ttl if rule is not None else None
+        metadata = ownership_metadata(agent, run_id, time.time() + ttl if ttl else None)
         record: dict[str, Any] = {"agent": agent, "run_id": run_id, "ttl": ttl, "labelled": False}
         flow.metadata.setdefault("holdgate", {})[KEY] = record
-        if not _is_create(facts):
-            return  # server-side apply: recorded on 201, not relabelled (the agent owns its fields)
-        expires = time.time() + ttl if ttl else None
-        metadata = ownership_metadata(agent, run_id, expires)
-        request = flow.request
-        body = request.raw_content or b""
-        content_type = request.headers.get("content-type", "")
-        if request.headers.get("content-encoding", "identity") not in ("", "identity"):
-            record["patch"] = metadata
-            return
-        if not (content_type.startswith(JSON) or content_type.endswith("+json")):
-            # Protobuf (kubectl's create) or YAML: sent as is, labelled right after the create.
-            record["patch"] = metadata
-            return
-        labelled = label_body(body, metadata)
+        # An apply's body is the agent's declared intent: labelled after it creates, never edited.
+        labelled = None
+        plain = request.headers.get("content-encoding", "identity") in ("", "identity")
+        if _is_create(facts) and _is_json(request) and plain:
+            labelled = label_body(request.raw_content or b"", metadata)
         if labelled is None:
+            # Protobuf (kubectl's create), YAML, compressed: sent as is, labelled right after.
             record["patch"] = metadata
             return
         request.content = labelled
-        record["labelled"] = True
+        record["labelled"] = "request body"
 
     # --- response side -----------------------------------------------------------------
 
     async def after_response(
         self, flow: http.HTTPFlow, facts_target: str, kube: dict[str, Any]
     ) -> None:
-        """Record a successful create in the ledger; label it now if its body could not be."""
+        """Record a successful create (labelling it now if its body could not be), or a delete."""
         meta = flow.metadata.get("holdgate", {})
         record = meta.get(KEY)
         response = flow.response
@@ -132,75 +136,89 @@ class Ownership:
         if record is not None and response.status_code == 201:
             entry = self._created(flow, facts_target, kube, record)
             if entry is None:
+                log.error("ledger: a create by %s was not understood", record["agent"] or "-")
                 return
             self.ledger.record(entry)
             meta["ledger"] = entry.as_dict()
-            log.info("ledger: %s created %s (uid %s)", entry.agent or "-", entry.where, entry.uid)
+            log.info(
+                "ledger: %s (run %s) created %s (uid %s)",
+                entry.agent or "-",
+                entry.run_id or "-",
+                entry.where,
+                entry.uid,
+            )
             if "patch" in record:
-                await self._label_later(flow, entry, record["patch"])
+                await self._label_later(flow, entry, record)
         elif (
-            kube.get("verb") == "delete" and response.status_code in (200, 202) and kube.get("name")
+            kube.get("verb") == "delete"
+            and response.status_code in (200, 202)
+            and kube.get("name")
+            and not _is_dry_run(flow.request)
         ):
-            for entry in self.ledger.find(Filter(target=facts_target)):
-                if (entry.resource, entry.namespace, entry.name) == (
-                    kube.get("resource"),
-                    kube.get("namespace", ""),
-                    kube.get("name"),
-                ):
-                    agent = meta.get("request", {}).get("identity") or {}
-                    self.ledger.mark_deleted(entry.uid, agent.get("agent", "") or "unknown agent")
+            identity = meta.get("request", {}).get("identity") or {}
+            by = identity.get("agent", "") or "unknown agent"
+            request = classify(flow.request.method, kube.get("path", ""), "")
+            for entry in self.ledger.mark_deleted_object(facts_target, request, by):
+                meta.setdefault("ledger_deleted", []).append(entry.uid)
+                log.info("ledger: %s deleted %s (uid %s)", by, entry.where, entry.uid)
 
     def _created(
         self, flow: http.HTTPFlow, target: str, kube: dict[str, Any], record: dict[str, Any]
     ) -> Created | None:
-        from addons.kube_request import classify
-
         assert flow.response is not None
-        request = classify(flow.request.method, kube.get("path", flow.request.path), "")
+        # Classified from the URL alone: the entry names what the apiserver made, not the body.
+        request = classify(flow.request.method, kube.get("path", ""), "")
         return created_from_response(
             request,
             target,
             record["agent"],
             record["run_id"],
-            flow.response.raw_content or b"",
+            flow.response.get_content(strict=False) or b"",
             record["ttl"],
             time.time(),
         )
 
     async def _label_later(
-        self, flow: http.HTTPFlow, entry: Created, metadata: dict[str, Any]
+        self, flow: http.HTTPFlow, entry: Created, record: dict[str, Any]
     ) -> None:
-        """A follow-up merge PATCH with the gateway's upstream access (protobuf bodies, say)."""
+        """A follow-up merge PATCH straight upstream with the gateway's credential."""
         assert self.config is not None
         target = self.config.target_named(entry.target)
         if target is None:
             return
         headers = {"Content-Type": "application/merge-patch+json", "Accept": JSON}
-        if target.credential is not None:
-            with contextlib.suppress(Exception):
-                value = target.credential.authorization()
-                if value:
-                    headers["Authorization"] = value
-        elif "authorization" in flow.request.headers:
-            headers["Authorization"] = flow.request.headers["authorization"]
-        url = f"{flow.request.scheme}://{flow.request.host}:{flow.request.port}{entry.path}"
         context = ssl.create_default_context()
         bundle = self.config.state_dir / "upstream-ca.pem"
         if bundle.exists():
             context = ssl.create_default_context(cafile=str(bundle))
+        credential = target.credential
+        try:
+            if credential is not None:
+                value = credential.authorization()
+                if value:
+                    headers["Authorization"] = value
+                if credential.client_cert is not None:
+                    context.load_cert_chain(credential.client_cert, credential.client_key)
+            elif "authorization" in flow.request.headers:
+                headers["Authorization"] = flow.request.headers["authorization"]
+        except (CredentialUnavailable, OSError, ssl.SSLError) as e:
+            log.error("ledger: labelling %s failed: credential: %s", entry.where, e)
+            return
+        # After routing, the flow's request points at the upstream.
+        url = f"{flow.request.scheme}://{flow.request.host}:{flow.request.port}{entry.path}"
+        body = json.dumps({"metadata": record["patch"]})
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-                session.patch(
-                    url, data=json.dumps({"metadata": metadata}), headers=headers, ssl=context
-                ) as r,
+                session.patch(url, data=body, headers=headers, ssl=context) as r,
             ):
                 if r.status >= 300:
                     log.error("ledger: labelling %s failed: HTTP %d", entry.where, r.status)
-                else:
-                    flow.metadata["holdgate"][KEY]["labelled"] = "follow-up patch"
+                    return
         except (aiohttp.ClientError, TimeoutError) as e:
             log.error("ledger: labelling %s failed: %s", entry.where, e)
+            return
+        record["labelled"] = "follow-up patch"
 
     # --- the reaper loop ---------------------------------------------------------------
 
@@ -209,8 +227,10 @@ class Ownership:
         self.proxy_url = proxy_url
         if self.reap_interval > 0 and self._task is None:
             self._task = asyncio.create_task(self._reap_forever())
+            log.info("reaper: deleting expired objects every %gs", self.reap_interval)
 
     def stop_reaper(self) -> None:
+        """Stop the reaper loop."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -224,23 +244,29 @@ class Ownership:
                 log.error("reaper: %s", e)
 
     async def reap_expired(self) -> None:
-        """Delete every expired object through the gateway itself."""
+        """Delete every expired object through the gateway itself (policy applies)."""
         assert self.ledger is not None and self.config is not None
-        entries = self.ledger.find(Filter(expired=True))
-        if not entries:
-            return
-        from addons.reaping import delete_through_gateway
-
-        for entry in entries:
+        now = time.time()
+        entries = [
+            e
+            for e in self.ledger.find(Filter(expired=True), now)
+            if self._retry_at.get(e.uid, 0.0) <= now
+        ]
+        for entry in sorted(entries, key=lambda e: e.reap_rank):
             outcome = await asyncio.to_thread(
-                delete_through_gateway, self.config, self.proxy_url, self.reaper_token, entry
+                delete_through_gateway,
+                self.config,
+                self.proxy_url,
+                self.reaper_token,
+                entry,
+                self.ledger,
             )
-            log.info("reaper: %s: %s", entry.where, outcome)
+            log.info("reaper: expired %s (run %s): %s", entry.where, entry.run_id or "-", outcome)
+            if outcome.result in (Result.REFUSED, Result.FAILED):
+                # Not every round: a refusing rule or a held deletion would repeat forever.
+                self._retry_at[entry.uid] = time.time() + RETRY_AFTER_INTERVALS * self.reap_interval
+            else:
+                self._retry_at.pop(entry.uid, None)
 
 
-def upstream_url(upstream: Upstream) -> str:
-    """scheme://host:port of an upstream."""
-    return f"{upstream.scheme}://{upstream.host}:{upstream.port}"
-
-
-__all__ = ["Ownership", "REAPER_AGENT", "TargetKind", "ledger_path"]
+__all__ = ["Ownership", "REAPER_AGENT", "ledger_path"]

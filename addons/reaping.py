@@ -1,17 +1,27 @@
-"""Report and delete what agents left behind, through the gateway itself (policy applies)."""
+"""Report and delete what agents left behind, through the gateway itself (policy applies).
+
+Requests go to the running gateway's proxy port as the built-in agent `holdgate-reaper`,
+authenticated with the admin token: rules decide them (a rule may hold a deletion for
+approval), the archive records them, and the gateway's ledger notes the deletions.
+"""
 
 from __future__ import annotations
 
+import json
 import ssl
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
 from addons.config import Config
 from addons.gateway_ca import ca_cert_path
-from addons.identity import REAPER_AGENT
-from addons.ledger import Created, Ledger
+from addons.identity import REAPER_AGENT, RUN_SEPARATOR
+from addons.ledger import Created, Ledger, ledger_path
+
+REASON_HEADER = "X-Holdgate-Reason"
 
 
 def proxy_url_file(state_dir: Path) -> Path:
@@ -27,19 +37,50 @@ def gateway_proxy_url(config: Config) -> str:
     return f"http://{config.listen_host}:{config.listen_port}"
 
 
+class Existence(StrEnum):
+    """What the gateway's upstream says about a ledger object."""
+
+    EXISTS = "exists"
+    GONE = "gone"
+    UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True, slots=True)
 class Presence:
-    """Whether a ledger object still exists upstream."""
+    """Whether a ledger object still exists upstream, and why we think so."""
 
-    exists: bool | None
+    state: Existence
     detail: str
 
 
-def _client(config: Config, proxy_url: str, token: str, timeout: float | None) -> httpx.Client:
+class Result(StrEnum):
+    """How one deletion ended."""
+
+    DELETED = "deleted"
+    ALREADY_GONE = "already gone"
+    REFUSED = "refused"  # by policy, a reviewer, or the apiserver
+    FAILED = "failed"  # the gateway could not be reached, or the target is not configured
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One deletion's result, with the gateway's or apiserver's message."""
+
+    result: Result
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.result}: {self.detail}" if self.detail else str(self.result)
+
+
+def _client(
+    config: Config, proxy_url: str, token: str, timeout: float | None, run_id: str = ""
+) -> httpx.Client:
     scheme, _, address = proxy_url.partition("://")
+    user = REAPER_AGENT + (RUN_SEPARATOR + run_id if run_id else "")
     context = ssl.create_default_context(cafile=str(ca_cert_path(config.certs_dir)))
     return httpx.Client(
-        proxy=f"{scheme}://{REAPER_AGENT}:{token}@{address}",
+        proxy=f"{scheme}://{quote(user, safe='')}:{quote(token, safe='')}@{address}",
         verify=context,
         timeout=httpx.Timeout(30.0, read=timeout),
         trust_env=False,
@@ -58,70 +99,87 @@ def object_url(config: Config, entry: Created) -> str | None:
 def check_presence(
     config: Config, proxy_url: str, token: str, entries: list[Created], ledger: Ledger
 ) -> list[Presence]:
-    """GET each object through the gateway; a 404 marks it gone in the ledger."""
+    """GET each object through the gateway; a 404 (or another uid under the name) marks it gone."""
     out = []
     with _client(config, proxy_url, token, 30.0) as client:
         for entry in entries:
             url = object_url(config, entry)
             if url is None:
-                out.append(Presence(None, f"target {entry.target} is not configured"))
+                out.append(Presence(Existence.UNKNOWN, f"target {entry.target} is not configured"))
                 continue
             try:
-                r = client.get(url)
+                r = client.get(url, headers={"Accept": "application/json"})
             except httpx.HTTPError as e:
-                out.append(Presence(None, f"gateway unreachable: {e}"))
+                out.append(Presence(Existence.UNKNOWN, f"gateway unreachable: {e}"))
                 continue
             if r.status_code == 200:
                 uid = _uid(r)
                 if uid and uid != entry.uid:
                     ledger.mark_deleted(entry.uid, "replaced by another object")
-                    out.append(Presence(False, "gone (a different object has the name now)"))
+                    out.append(Presence(Existence.GONE, "a different object has the name now"))
                 else:
-                    out.append(Presence(True, "exists"))
+                    out.append(Presence(Existence.EXISTS, ""))
             elif r.status_code == 404:
                 ledger.mark_deleted(entry.uid, "found missing")
-                out.append(Presence(False, "gone"))
+                out.append(Presence(Existence.GONE, ""))
             else:
-                out.append(Presence(None, f"unknown: HTTP {r.status_code} {_message(r)}"))
+                out.append(Presence(Existence.UNKNOWN, f"HTTP {r.status_code} {_message(r)}"))
     return out
 
 
 def delete_through_gateway(
     config: Config, proxy_url: str, token: str, entry: Created, ledger: Ledger | None = None
-) -> str:
-    """DELETE one object through the gateway (it may be held for approval: this waits)."""
+) -> Outcome:
+    """DELETE one object through the gateway (a rule may hold it for approval: this waits)."""
     url = object_url(config, entry)
     if url is None:
-        return f"skipped: target {entry.target} is not configured"
-    ledger = ledger or Ledger(config.state_dir / "ledger.sqlite")
-    with _client(config, proxy_url, token, None) as client:
+        return Outcome(Result.FAILED, f"target {entry.target} is not configured")
+    ledger = ledger or Ledger(ledger_path(config.state_dir))
+    # The uid precondition: never delete a newer object that took the recorded one's name.
+    options = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": entry.uid}}
+    with _client(config, proxy_url, token, None, entry.run_id) as client:
         try:
-            r = client.delete(
+            r = client.request(
+                "DELETE",
                 url,
+                content=json.dumps(options).encode(),
                 headers={
-                    "X-Holdgate-Reason": f"reaping what {entry.agent or 'an agent'} left behind"
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                    REASON_HEADER: f"reaping what {entry.agent or 'an agent'} left behind"
+                    + (f" (run {entry.run_id})" if entry.run_id else ""),
                 },
             )
         except httpx.HTTPError as e:
-            return f"failed: gateway unreachable: {e}"
+            return Outcome(Result.FAILED, f"gateway unreachable: {e}")
     if r.status_code in (200, 202):
         ledger.mark_deleted(entry.uid, REAPER_AGENT)
-        return "deleted"
+        return Outcome(Result.DELETED)
     if r.status_code == 404:
         ledger.mark_deleted(entry.uid, "found missing")
-        return "already gone"
-    return f"refused: HTTP {r.status_code} {_message(r)}"
+        return Outcome(Result.ALREADY_GONE)
+    if r.status_code == 409 and _reason(r) == "Conflict" and "UID in precondition" in _message(r):
+        ledger.mark_deleted(entry.uid, "replaced by another object")
+        return Outcome(Result.ALREADY_GONE, "a different object has the name now")
+    return Outcome(Result.REFUSED, f"HTTP {r.status_code} {_message(r)}".strip())
+
+
+def _json(r: httpx.Response) -> dict[str, object]:
+    try:
+        data = r.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _uid(r: httpx.Response) -> str:
-    try:
-        return str(r.json().get("metadata", {}).get("uid", ""))
-    except ValueError:
-        return ""
+    meta = _json(r).get("metadata")
+    return str(meta.get("uid", "")) if isinstance(meta, dict) else ""
+
+
+def _reason(r: httpx.Response) -> str:
+    return str(_json(r).get("reason", ""))
 
 
 def _message(r: httpx.Response) -> str:
-    try:
-        return str(r.json().get("message", ""))
-    except ValueError:
-        return r.text[:200]
+    return str(_json(r).get("message", "")) or r.text[:200]

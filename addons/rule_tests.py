@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 from addons.config import Config
 from addons.flow_filter import make_flow
-from addons.policy import Decision, LoadedPolicy, RuleTest
 from addons.identity import Identity
+from addons.policy import Decision, LoadedPolicy, RuleTest
 from addons.request_facts import build_facts
 
 
