@@ -214,3 +214,18 @@ def test_explain_with_body_and_agent(tmp_path: Path) -> None:
 def test_explain_undeclared_host_follows_default() -> None:
     out = json.loads(run("explain", "GET", "https://example.com/").stdout)
     assert out["target"] is None and out["action"] == "deny" and out["rule"] is None
+
+
+def test_ca_is_created_with_tight_modes(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"r.yaml": GOOD_RULE})
+    result = run("ca", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    cert = Path(result.stdout.strip())
+    assert cert == (tmp_path / "certs" / "mitmproxy-ca-cert.pem").resolve()
+    assert cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert oct(cert.parent.stat().st_mode & 0o777) == "0o700"
+    key = cert.parent / "mitmproxy-ca.pem"
+    assert oct(key.stat().st_mode & 0o777) == "0o600" and "PRIVATE KEY" in key.read_text()
+    # A second call keeps the same CA.
+    assert run("ca", "--config", str(config)).stdout == result.stdout
+    assert key.read_text() == (cert.parent / "mitmproxy-ca.pem").read_text()
