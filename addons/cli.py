@@ -358,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     from addons.ledger_cli import add_commands as add_ledger_commands
 
     add_ledger_commands(sub, config_help)
+
+    from addons.archive_cli import add_commands as add_archive_commands
+
+    add_archive_commands(sub)
     return parser
 
 

@@ -211,6 +211,13 @@ def load_config(path: Path | None = None) -> Config:
     for i, p in enumerate(rule_paths):
         if not p.exists():
             errors.append(doc.error(("rules", i), f"rule path {p} does not exist"))
+    if "archive" in data:
+        from addons.archive_store import ArchiveSettings, ArchiveSettingsError
+
+        try:
+            ArchiveSettings.from_dict(data["archive"], base, base)
+        except ArchiveSettingsError as e:
+            errors.append(doc.error(("archive", *e.location), str(e)))
     approvals = None
     if "approvals" in data:
         section = data["approvals"] or {}

@@ -18,6 +18,8 @@ from mitmproxy import ctx, exceptions, http
 
 from addons.approval import HoldState
 from addons.approvals_addon import Approvals, admin_token, hold_record
+from addons.archive import Archive
+from addons.archive_store import ArchiveSettings, ArchiveSettingsError
 from addons.config import Config, TargetKind, Upstream, load_config
 from addons.credentials import CredentialUnavailable
 from addons.flow_filter import compile_filter
@@ -28,10 +30,10 @@ from addons.ownership import Ownership
 from addons.policy import Action, Decision, LoadedPolicy, Rule, load_policy
 from addons.proxy_auth import ProxyAuth
 from addons.reaping import proxy_url_file
-from addons.redact import KUBERNETES_SECRET_MASKS, MaskSet
+from addons.redact import KUBERNETES_SECRET_MASKS, MaskSet, mask_request_body
 from addons.refusal import refusal
 from addons.request_facts import RequestFacts, build_facts
-from addons.response_masking import ResponseMasking
+from addons.response_masking import ResponseMasking, kind_hint
 from addons.yaml_source import SourceError, SourceErrors
 
 log = logging.getLogger("holdgate")
@@ -68,6 +70,7 @@ class Gateway:
         self.auth = ProxyAuth()
         self.ownership = Ownership()
         self.masking = ResponseMasking()
+        self.archive = Archive()
         self.mask_key: bytes | None = None
 
     def load(self, loader: Any) -> None:
@@ -100,7 +103,16 @@ class Gateway:
                 loaded = self._load_policy(config)
             except (SourceError, SourceErrors) as e:
                 raise exceptions.OptionsError(f"holdgate configuration is invalid:\n{e}") from e
+            try:
+                archive = ArchiveSettings.from_dict(
+                    config.raw.get("archive"), config.path.parent, config.state_dir
+                )
+            except ArchiveSettingsError as e:
+                raise exceptions.OptionsError(f"holdgate configuration is invalid: {e}") from e
             self.config, self.loaded = config, loaded
+            # Responses reach the archive masked; request bodies are noted masked (below).
+            self.archive.masked_by_gateway = True
+            self.archive.configure_settings(archive, config.name)
             try:
                 self.approvals.configure_from(config, ctx.options.holdgate_approvals_port)
             except ValueError as e:
@@ -287,6 +299,15 @@ class Gateway:
         facts = self.facts_for(flow, identity)
         decision = self.loaded.policy.decide(facts, self.config)
         self._record(flow, facts, decision)
+        if decision.action is not Action.DENY and (
+            why := self.archive.refusal_reason(
+                flow.metadata[METADATA_KEY]["request"], str(decision.action)
+            )
+        ):
+            # No audit, no action: privileged requests wait until the archive can record them.
+            log.error("refusing %s: %s", _describe(facts), why)
+            self._refuse(flow, facts, why, decision)
+            return
         self.metrics.requests.labels(
             str(decision.action), decision.rule.id if decision.rule else ""
         ).inc()
@@ -423,6 +444,15 @@ class Gateway:
 
     def _record(self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision) -> None:
         flow.metadata[METADATA_KEY] = {"request": facts.as_dict(), "decision": decision.as_dict()}
+        if flow.request.raw_content and self.loaded is not None:
+            # The archive stores request bodies only as the gateway's masks render them.
+            masked = mask_request_body(
+                flow.request.headers.get("content-type", ""),
+                flow.request.raw_content,
+                self._shown_masks(facts),
+                kind=kind_hint(facts),
+            )
+            self.archive.note_request_body(flow, masked.body, masked.content_type)
         what = _describe(facts)
         flow.comment = (
             f"{decision.action}: {what} ({decision.rule.id if decision.rule else 'default'})"
@@ -480,7 +510,8 @@ def _addons() -> list[Any]:
     from addons.sandbox.addon import Sandbox
 
     gateway = Gateway()
-    return [gateway, gateway.approvals, Sandbox(gateway)]
+    # The archive comes last: it records flows after masking, streaming and holds.
+    return [gateway, gateway.approvals, Sandbox(gateway), gateway.archive]
 
 
 addons = _addons()

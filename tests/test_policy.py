@@ -8,9 +8,9 @@ import pytest
 
 from addons.config import load_config
 from addons.flow_filter import compile_filter
+from addons.identity import Identity
 from addons.kube_protobuf import encode_object
 from addons.policy import Action, Policy, load_policy, parse_duration
-from addons.identity import Identity
 from addons.rule_tests import decide_url
 
 K = "https://kubernetes.default.svc"
