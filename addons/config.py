@@ -137,8 +137,16 @@ def schema_errors(doc: Document, schema_name: str) -> list[SourceError]:
         location = tuple(err.absolute_path)
         where = ".".join(str(p) for p in location) or "top level"
         message = err.message
-        if err.validator == "additionalProperties":
-            message = f"unknown field: {message}"
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            known = set(err.schema.get("properties", {}))
+            for name in sorted(k for k in err.instance if k not in known):
+                errors.append(
+                    doc.error(
+                        location + (name,),
+                        f"{'.'.join([*map(str, location), name])}: unknown field",
+                    )
+                )
+            continue
         elif err.validator == "enum" and location:
             message = f"{where}: {err.instance!r} is not one of {err.validator_value}"
         else:

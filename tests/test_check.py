@@ -61,7 +61,9 @@ BROKEN = [
         "started at line 4",
         id="yaml-syntax",
     ),
-    pytest.param(GOOD_RULE + "    colour: red\n", 2, "unknown field", id="unknown-field"),
+    pytest.param(
+        GOOD_RULE + "    colour: red\n", 6, "rules.0.colour: unknown field", id="unknown-field"
+    ),
     pytest.param(
         "rules:\n  - id: a\n    action: allow\n    verbs: [get, destroy]\n",
         4,
@@ -145,7 +147,7 @@ def test_check_reports_config_errors(tmp_path: Path) -> None:
     )
     result = run("check", "--config", str(config))
     assert result.returncode == 2
-    assert f"{config.resolve()}:2: unknown field" in result.stderr
+    assert f"{config.resolve()}:5: targets.0.upstreem: unknown field" in result.stderr
 
 
 def test_run_refuses_to_start_on_invalid_rules(tmp_path: Path) -> None:
