@@ -558,3 +558,87 @@ def test_object_lock_refuses_deletion(
     assert [(p.kind, p.where) for p in report.problems] == [("missing", flows_key)]
     versions = client.list_object_versions(Bucket=bucket, Prefix=flows_key)["Versions"]
     assert len(versions) == 1
+
+
+def test_kill_9_the_real_gateway_under_load_and_restart(
+    tmp_path: Path, moto: Moto, bucket: str, simulator: Any
+) -> None:
+    """`holdgate run` itself, kill -9 mid-load, restarted: every answered flow lands once."""
+    import httpx
+
+    from tests.conftest import SIM_TOKEN, kube_target, start_gateway, trust
+
+    token = tmp_path / "token"
+    token.write_text(SIM_TOKEN)
+    config = {
+        "targets": [kube_target(simulator, credential={"bearer_token_file": str(token)})],
+        "archive": {
+            "s3": {
+                "bucket": bucket,
+                "prefix": "gw",
+                "endpoint_url": moto.endpoint,
+                "addressing_style": "path",
+            },
+            "rotate_bytes": 20000,
+            "rotate_seconds": 0.5,
+            "upload_retry": {"initial_seconds": 0.05, "max_seconds": 0.5},
+        },
+    }
+    rules = {
+        "r.yaml": "rules:\n  - id: reads\n    action: allow\n    verbs: [get, list]\n    resources: ['*']\n"
+    }
+    env = dict(CREDENTIALS)
+    gateway = start_gateway(tmp_path, config, rules, env=env)
+    answered: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        with httpx.Client(proxy=gateway.proxy_url, verify=trust(gateway), timeout=10) as agent:
+            n = 0
+            while not stop.is_set():
+                path = f"/api/v1/namespaces/sandbox/configmaps?labelSelector=w{worker}%3Dr{n}"
+                n += 1
+                try:
+                    r = agent.get("https://kubernetes.default.svc" + path)
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    with lock:
+                        answered.append(path)
+
+    workers = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    restarted = None
+    try:
+        for w in workers:
+            w.start()
+        wait_until(lambda: len(answered) >= 100, 60, "100 answered requests")
+        gateway.process.send_signal(signal.SIGKILL)
+        gateway.process.wait(10)
+        stop.set()
+        for w in workers:
+            w.join(15)
+        received = list(answered)
+        restarted = start_gateway(tmp_path, config, rules, env=env)
+        client_s3 = s3_client(moto.endpoint)
+
+        def archived_paths() -> collections.Counter[str]:
+            paths: list[str] = []
+            for obj in client_s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+                if obj["Key"].endswith(".mitm"):
+                    blob = client_s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                    paths += [f.request.path for f in read_flows(blob)]
+            return collections.Counter(paths)
+
+        wait_until(
+            lambda: all(archived_paths()[p] for p in received), 60, "every answered flow in S3"
+        )
+    finally:
+        stop.set()
+        gateway.stop()
+        if restarted is not None:
+            restarted.stop()
+    counts = archived_paths()
+    assert all(counts[path] == 1 for path in received), "an answered flow is missing or doubled"
+    assert max(counts.values()) == 1, "a flow was archived twice"
+    assert set(versions_per_key(moto.endpoint, bucket).values()) == {1}
