@@ -236,9 +236,9 @@ class Gateway:
     async def _watch_rules(self) -> None:
         while True:
             await asyncio.sleep(self.reload_interval)
-            self.reload_if_changed()
+            await self.reload_if_changed()
 
-    def reload_if_changed(self) -> bool:
+    async def reload_if_changed(self) -> bool:
         """Re-read the rules if any file changed; keep the last good policy on error."""
         if self.config is None:
             return False
@@ -248,7 +248,10 @@ class Gateway:
             return False
         self._fingerprint = fingerprint
         try:
-            loaded = load_policy(files, self.config, compile_filter, self.mask_key)
+            # Off the event loop: a large rule set takes seconds to validate and compile.
+            loaded = await asyncio.to_thread(
+                load_policy, files, self.config, compile_filter, self.mask_key
+            )
         except (SourceError, SourceErrors) as e:
             log.error("holdgate: rule change refused, the last good policy stays in force:\n%s", e)
             return False
