@@ -111,6 +111,7 @@ class Archive:
 
     def done(self) -> None:
         if self.writer is not None:
+            log.info("archive: stopping: closing the open segment and uploading what is left")
             self.writer.stop()
 
     # --- hooks -----------------------------------------------------------------------------------
