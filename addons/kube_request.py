@@ -229,11 +229,15 @@ def _split_target(path: str, query: str) -> tuple[str, str]:
     query = query.removeprefix("?")
     for part, what in ((path, "path"), (query, "query")):
         data = _raw_bytes(part, what)
-        if any(byte < 0x20 or byte == 0x7F for byte in data):
+        if _CONTROL_BYTE.search(data):
             raise UnsafePath(f"control character in the {what}")
         if b"#" in data:
             raise UnsafePath(f"'#' in the {what}")
     return path, query
+
+
+_CONTROL_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
+_CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _raw_bytes(text: str, what: str) -> bytes:
@@ -253,6 +257,8 @@ def _utf8(data: bytes, what: str) -> str:
 
 def _unescape(data: bytes, *, query: bool) -> bytes | None:
     """Go's url.unescape in path or query-component mode; None where Go returns an error."""
+    if b"%" not in data and not (query and b"+" in data):
+        return data  # nothing to unescape (the common case)
     out = bytearray()
     i, n = 0, len(data)
     while i < n:
@@ -288,11 +294,16 @@ def _decode_path(raw: str) -> str:
     if decoded is None:
         raise UnsafePath("invalid percent-encoding in the path")
     path = _utf8(decoded, "path")
-    for char in path:
-        # Format characters (bidi overrides, zero widths) are in no valid name; they could
-        # only disguise a path in an approval message.
-        if unicodedata.category(char) in ("Cc", "Cf"):
-            raise UnsafePath(f"control character {char!r} in the path")
+    # Format characters (bidi overrides, zero widths) are in no valid name; they could only
+    # disguise a path in an approval message. ASCII has control characters but no Cf ones.
+    unsafe = (
+        _CONTROL_CHAR.search(path)
+        if path.isascii()
+        else next((c for c in path if unicodedata.category(c) in ("Cc", "Cf")), None)
+    )
+    if unsafe is not None:
+        char = unsafe if isinstance(unsafe, str) else unsafe.group()
+        raise UnsafePath(f"control character {char!r} in the path")
     segments = path.split("/")[1:]
     if segments and segments[-1] == "":
         segments.pop()  # one trailing slash is trimmed by the apiserver's splitPath
@@ -327,15 +338,16 @@ def _go_query(raw: str) -> dict[str, list[str]]:
 
 
 def _resolve(method: str, path: str, query: Mapping[str, list[str]]) -> KubeRequest:
-    non_resource = KubeRequest(resource_request=False, path=path, verb=method.lower())
     parts = _split_path(path)
     if len(parts) < 3 or parts[0] not in API_PREFIXES:
-        return non_resource
+        return KubeRequest(resource_request=False, path=path, verb=method.lower())
     api_prefix, parts = parts[0], parts[1:]
     api_group = ""
     if api_prefix not in GROUPLESS_API_PREFIXES:
         if len(parts) < 3:
-            return dataclasses.replace(non_resource, api_prefix=api_prefix)
+            return KubeRequest(
+                resource_request=False, path=path, verb=method.lower(), api_prefix=api_prefix
+            )
         api_group, parts = parts[0], parts[1:]
     api_version, parts = parts[0], parts[1:]
 

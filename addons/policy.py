@@ -8,12 +8,15 @@ rule matches gets its target's `default`; a host no target declares gets the con
 A matcher that cannot tell (the body cannot be read, the request spans every namespace, the
 name or the agent is unknown) counts against the request: deny and approve rules match, allow
 rules do not. So a request the gateway cannot fully parse never gets more access than one it can.
+
+An index (`RuleIndex`) keeps the cost per request flat in the number of rules: it rules out,
+by exact target, resource, verb, namespace and agent, the rules whose matchers would say no,
+and never changes a decision.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import heapq
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -76,9 +79,8 @@ class Rule:
     escalate_after: float | None = None
     ttl: float | None = None
     matchers: tuple[Matcher, ...] = field(default=(), compare=False, repr=False)
-    # For the index: exact target names and exact resources this rule is limited to, if any.
-    target_keys: frozenset[str] | None = field(default=None, compare=False, repr=False)
-    resource_keys: frozenset[str] | None = field(default=None, compare=False, repr=False)
+    # For the index: the exact values this rule is limited to.
+    keys: IndexKeys = field(default_factory=lambda: IndexKeys(), compare=False, repr=False)
 
     @property
     def where(self) -> str:
@@ -144,30 +146,19 @@ class Policy:
 
     def __init__(self, rules: Iterable[Rule]) -> None:
         self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda r: r.order))
-        # Index by (target, resource); None means "any". Lists stay in load order.
-        self._index: dict[tuple[str | None, str | None], list[Rule]] = {}
-        for rule in self.rules:
-            for t in rule.target_keys or (None,):
-                for r in rule.resource_keys or (None,):
-                    self._index.setdefault((t, r), []).append(rule)
+        # An undecidable matcher lets deny and approve rules match, never allow rules.
+        self._index = RuleIndex(
+            [r.keys for r in self.rules], [r.action is not Action.ALLOW for r in self.rules]
+        )
+        # Bit i is self.rules[i]; the most restrictive action first (deny-overrides).
+        self._by_action = tuple(
+            _bits(i for i, r in enumerate(self.rules) if r.action is action)
+            for action in sorted(Action, key=_RESTRICTIVENESS.__getitem__)
+        )
 
     def candidates(self, facts: RequestFacts) -> Iterator[Rule]:
-        """Rules that could match, in load order: the index narrows by target and resource."""
-        target = facts.target.name if facts.target else None
-        resource = None
-        if facts.kube is not None and facts.kube.resource_request:
-            resource = _combined_resource(facts.kube.resource, facts.kube.subresource)
-        keys: list[tuple[str | None, str | None]] = [(None, None)]
-        if target is not None:
-            keys.append((target, None))
-        if resource is not None:
-            keys.append((None, resource))
-            if target is not None:
-                keys.append((target, resource))
-        lists = [self._index[k] for k in keys if k in self._index]
-        if len(lists) == 1:
-            return iter(lists[0])
-        return heapq.merge(*lists, key=lambda r: r.order)
+        """Rules that could match, in load order: the index rules out the others."""
+        return (self.rules[i] for i in _indices(self._index.compatible(facts)))
 
     def decide(self, facts: RequestFacts, config: Config) -> Decision:
         """The decision for one request."""
@@ -180,20 +171,111 @@ class Policy:
                 None,
                 f"host {facts.host}:{facts.port} is not a declared target; default {action}",
             )
-        best: Rule | None = None
-        for rule in self.candidates(facts):
-            if best is not None and _RESTRICTIVENESS[rule.action] >= _RESTRICTIVENESS[best.action]:
+        compatible = self._index.compatible(facts)
+        # The most restrictive action among matching rules wins; within it, the first in load order.
+        for of_action in self._by_action:
+            for i in _indices(compatible & of_action):
+                rule = self.rules[i]
+                if rule.matches(facts):
+                    return Decision(rule.action, rule, _reason(rule))
+        action = Action(facts.target.default)
+        return Decision(
+            action, None, f"no rule matched; target {facts.target.name} default {action}"
+        )
+
+
+# --- the index ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IndexKeys:
+    """The exact values a rule is limited to, per indexed field (None: not limited, or globs)."""
+
+    targets: tuple[str, ...] | None = None
+    resources: tuple[str, ...] | None = None
+    verbs: tuple[str, ...] | None = None
+    namespaces: tuple[str, ...] | None = None
+    agents: tuple[str, ...] | None = None
+
+
+_DIMENSIONS = ("targets", "resources", "verbs", "namespaces", "agents")
+# What a request presents on one dimension: keys (none at all: only unlimited rules can match),
+# or UNKNOWN (the matcher cannot tell: lenient rules can match whatever they are limited to).
+UNKNOWN = None
+RequestKeys = tuple[str, ...] | None
+
+
+def request_keys(facts: RequestFacts) -> tuple[RequestKeys, ...]:
+    """The request's values on each indexed dimension, as the matchers below read them."""
+    kube = facts.kube
+    target: RequestKeys = (facts.target.name,) if facts.target is not None else ()
+    agent: RequestKeys = (facts.identity.agent,) if facts.identity is not None else UNKNOWN
+    if kube is None:
+        return (target, (), (), (), agent)
+    verbs: RequestKeys = (kube.verb,)
+    if kube.subresource in _CONNECT_SUBRESOURCES and kube.resource == "pods":
+        verbs = (kube.verb, "create", "get")
+    if not kube.resource_request:
+        return (target, (), verbs, (), agent)
+    namespace = kube.namespace
+    if not namespace and kube.resource == "namespaces" and not kube.api_group:
+        namespace = kube.name
+    resource = (_combined_resource(kube.resource, kube.subresource),)
+    return (target, resource, verbs, (namespace,) if namespace else UNKNOWN, agent)
+
+
+class RuleIndex:
+    """Which rules a request can match: per dimension, a bitset (bit i: rule i) of the rules
+    compatible with the request's value; the candidates are their intersection."""
+
+    def __init__(self, keys: list[IndexKeys], lenient: list[bool]) -> None:
+        self._dimensions: list[tuple[int, int, dict[str, int]]] = []
+        for name in _DIMENSIONS:
+            unlimited = lenient_limited = 0
+            by_key: dict[str, int] = {}
+            for i, rule_keys in enumerate(keys):
+                limited_to = getattr(rule_keys, name)
+                if limited_to is None:
+                    unlimited |= 1 << i
+                    continue
+                if lenient[i]:
+                    lenient_limited |= 1 << i
+                for key in limited_to:
+                    by_key[key] = by_key.get(key, 0) | 1 << i
+            self._dimensions.append((unlimited, unlimited | lenient_limited, by_key))
+        self._all = (1 << len(keys)) - 1
+
+    def compatible(self, facts: RequestFacts) -> int:
+        """The bitset of rules the request may match."""
+        out = self._all
+        for (unlimited, when_unknown, by_key), keys in zip(
+            self._dimensions, request_keys(facts), strict=True
+        ):
+            if keys is UNKNOWN:
+                out &= when_unknown
                 continue
-            if rule.matches(facts):
-                best = rule
-                if rule.action is Action.DENY:
-                    break
-        if best is None:
-            action = Action(facts.target.default)
-            return Decision(
-                action, None, f"no rule matched; target {facts.target.name} default {action}"
-            )
-        return Decision(best.action, best, _reason(best))
+            compatible = unlimited
+            for key in keys:
+                compatible |= by_key.get(key, 0)
+            out &= compatible
+            if not out:
+                break
+        return out
+
+
+def _bits(indices: Iterable[int]) -> int:
+    out = 0
+    for i in indices:
+        out |= 1 << i
+    return out
+
+
+def _indices(bits: int) -> Iterator[int]:
+    """The set bits, lowest first."""
+    while bits:
+        low = bits & -bits
+        yield low.bit_length() - 1
+        bits ^= low
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +291,7 @@ class MaskRule:
     # False switches the built-in Secret masks off for matching requests.
     secrets: bool | None = None
     matchers: tuple[Matcher, ...] = field(default=(), compare=False, repr=False)
+    keys: IndexKeys = field(default_factory=lambda: IndexKeys(), compare=False, repr=False)
 
     def matches(self, facts: RequestFacts) -> bool:
         """Masks apply unless a matcher rules the request out (when in doubt, mask)."""
@@ -239,24 +322,45 @@ class MaskPolicy:
     def __init__(self, rules: Iterable[MaskRule], key: bytes | None = None) -> None:
         self.rules = tuple(rules)
         self.key = key
+        # When in doubt, mask: a matcher that cannot tell leaves every mask rule in.
+        self._index = RuleIndex([r.keys for r in self.rules], [True] * len(self.rules))
+        self._switches_off = _bits(i for i, r in enumerate(self.rules) if r.secrets is False)
+        # The merged masks of each combination of rules seen (few distinct ones in practice).
+        self._merged: dict[tuple[tuple[int, ...], bool], Masking] = {}
 
     def for_request(self, facts: RequestFacts) -> Masking:
         """The masks for one request (the Secret built-ins on Kubernetes targets, unless switched off)."""
-        chosen = [r for r in self.rules if r.matches(facts)]
+        compatible = self._index.compatible(facts)
+        chosen = tuple(i for i in _indices(compatible) if self.rules[i].matches(facts))
         builtins = (
             facts.target is not None
             and facts.target.kind is TargetKind.KUBERNETES
-            and not any(r.secrets is False and r.surely_matches(facts) for r in self.rules)
+            and not any(
+                self.rules[i].surely_matches(facts)
+                for i in _indices(compatible & self._switches_off)
+            )
             and _may_hold_secrets(facts)
         )
-        keyed = any(r.keyed for r in chosen)
+        cached = self._merged.get((chosen, builtins))
+        if cached is None:
+            if len(self._merged) >= _MERGED_CACHE:
+                self._merged.clear()
+            cached = self._merged[(chosen, builtins)] = self._merge(chosen, builtins)
+        return cached
+
+    def _merge(self, chosen: tuple[int, ...], builtins: bool) -> Masking:
+        rules = [self.rules[i] for i in chosen]
+        keyed = any(r.keyed for r in rules)
         style = MaskStyle.keyed(self.key) if keyed and self.key else MaskStyle()
-        user = EMPTY_MASKS.merge(r.masks for r in chosen)
+        user = EMPTY_MASKS.merge(r.masks for r in rules)
         # The built-ins run last: their base64-preserving masks must not be overwritten.
         masks = user.merge([KUBERNETES_SECRET_MASKS]) if builtins else user
         return Masking(
-            masks.with_style(style), tuple(r.id for r in chosen if not r.masks.is_empty), builtins
+            masks.with_style(style), tuple(r.id for r in rules if not r.masks.is_empty), builtins
         )
+
+
+_MERGED_CACHE = 4096
 
 
 def _may_hold_secrets(facts: RequestFacts) -> bool:
@@ -528,15 +632,12 @@ def _compile_matchers(
     raw: dict[str, Any],
     config: Config | None,
     compile_filter: FilterCompiler | None,
-) -> tuple[list[Matcher], frozenset[str] | None, frozenset[str] | None, list[SourceError]]:
+) -> tuple[list[Matcher], IndexKeys, list[SourceError]]:
     """The matchers of a policy or mask rule, and the keys it is indexed under."""
     errors: list[SourceError] = []
     matchers: list[Matcher] = []
-    target_keys = None
     if "targets" in raw:
         matchers.append(_target_matcher(raw["targets"]))
-        if not any(c in t for t in raw["targets"] for c in "*?["):
-            target_keys = frozenset(raw["targets"])
         if config is not None:
             for i, name in enumerate(raw["targets"]):
                 if not any(c in name for c in "*?[") and config.target_named(name) is None:
@@ -558,13 +659,10 @@ def _compile_matchers(
         )
     if any(k in raw for k in _KUBE_FIELDS):
         matchers.append(_kube_only)
-    resource_keys = None
     if "apiGroups" in raw:
         matchers.append(_api_groups_matcher(raw["apiGroups"]))
     if "resources" in raw:
         matchers.append(_resources_matcher(raw["resources"]))
-        if not any("*" in r for r in raw["resources"]):
-            resource_keys = frozenset(raw["resources"])
     if "verbs" in raw:
         matchers.append(_verbs_matcher(raw["verbs"]))
     if "resourceNames" in raw:
@@ -593,7 +691,25 @@ def _compile_matchers(
                 matchers.append(_filter_matcher(compile_filter(raw["filter"])))
             except ValueError as e:
                 errors.append(doc.error(loc + ("filter",), f"invalid filter expression: {e}"))
-    return matchers, target_keys, resource_keys, errors
+    return matchers, _index_keys(raw), errors
+
+
+def _exact(patterns: list[str] | None, wildcards: str) -> tuple[str, ...] | None:
+    """The patterns as exact values, or None when any pattern is a wildcard."""
+    if patterns is None or any(c in p for p in patterns for c in wildcards):
+        return None
+    return tuple(patterns)
+
+
+def _index_keys(raw: dict[str, Any]) -> IndexKeys:
+    """The exact values the matchers of `raw` limit a request to (globs are not indexed)."""
+    return IndexKeys(
+        targets=_exact(raw.get("targets"), "*?["),
+        resources=_exact(raw.get("resources"), "*"),
+        verbs=_exact(raw.get("verbs"), "*"),
+        namespaces=_exact(raw.get("namespaces"), "*?["),
+        agents=_exact(raw.get("agents"), "*?["),
+    )
 
 
 def _compile_rule(
@@ -606,9 +722,7 @@ def _compile_rule(
 ) -> tuple[Rule | None, list[SourceError]]:
     loc: tuple[str | int, ...] = ("rules", index)
     action = Action(raw["action"])
-    matchers, target_keys, resource_keys, errors = _compile_matchers(
-        doc, loc, raw, config, compile_filter
-    )
+    matchers, keys, errors = _compile_matchers(doc, loc, raw, config, compile_filter)
     durations: dict[str, float] = {}
     for key in ("timeout", "window", "escalate_after", "ttl"):
         if key in raw:
@@ -657,8 +771,7 @@ def _compile_rule(
             escalate_after=durations.get("escalate_after"),
             ttl=durations.get("ttl"),
             matchers=tuple(matchers),
-            target_keys=target_keys,
-            resource_keys=resource_keys,
+            keys=keys,
         ),
         [],
     )
@@ -673,7 +786,7 @@ def _compile_mask_rule(
     compile_filter: FilterCompiler | None,
 ) -> tuple[MaskRule | None, list[SourceError]]:
     loc: tuple[str | int, ...] = ("masks", index)
-    matchers, _, _, errors = _compile_matchers(doc, loc, raw, config, compile_filter)
+    matchers, keys, errors = _compile_matchers(doc, loc, raw, config, compile_filter)
     try:
         masks = compile_masks(raw.get("mask", []), raw.get("headers", []))
     except MaskError as e:
@@ -692,6 +805,7 @@ def _compile_mask_rule(
             keyed=raw.get("style") == "hmac",
             secrets=raw.get("secrets"),
             matchers=tuple(matchers),
+            keys=keys,
         ),
         [],
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from addons.config import Config, Target, TargetKind
@@ -95,22 +95,25 @@ def build_facts(
     path, query = split_path(path_and_query)
     target = config.target_for(host, port)
     body_object = read_body(content_type, content_encoding, body) if body else None
-    base = RequestFacts(
+    kube = exec_ = None
+    problem = ""
+    if target is not None and target.kind is TargetKind.KUBERNETES:
+        try:
+            kube = with_body(classify(method, path, query), body_object)
+            exec_ = exec_command(kube, query)
+        except UnsafePath as e:
+            kube, problem = None, f"path cannot be classified safely: {e}"
+    return RequestFacts(
         target=target,
         method=method,
         host=host.lower(),
         port=port,
         path=path,
         query=query,
+        kube=kube,
+        exec=exec_,
         body=body_object,
         identity=identity,
+        problem=problem,
         flow=flow,
     )
-    if target is None or target.kind is not TargetKind.KUBERNETES:
-        return base
-    try:
-        kube = classify(method, path, query)
-    except UnsafePath as e:
-        return replace(base, problem=f"path cannot be classified safely: {e}")
-    kube = with_body(kube, body_object)
-    return replace(base, kube=kube, exec=exec_command(kube, query))
