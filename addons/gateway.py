@@ -366,7 +366,7 @@ class Gateway:
             return
         facts = flow.metadata.get(METADATA_KEY, {}).get("request", {})
         kube = facts.get("kubernetes") or {}
-        query = flow.request.query
+        query = flow.request.query if "?" in flow.request.path else {}
         content_type = flow.response.headers.get("content-type", "")
         streaming = (
             kube.get("verb") == "watch"

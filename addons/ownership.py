@@ -99,9 +99,9 @@ class Ownership:
     def before_upstream(self, flow: http.HTTPFlow, facts: RequestFacts, rule: Rule | None) -> None:
         """Put the agent, run and expiry on what a create makes (in the body when possible)."""
         request = flow.request
-        if facts.target is None or _is_dry_run(request):
+        if facts.target is None or not (_is_create(facts) or _is_apply(facts, request)):
             return
-        if not (_is_create(facts) or _is_apply(facts, request)):
+        if _is_dry_run(request):  # parses the query: only for creates
             return
         identity = facts.identity
         agent = identity.agent if identity else ""
