@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from addons.policy import Decision
 from addons.redact import MaskSet, mask_request_body
 from addons.request_facts import RequestFacts
 from addons.response_masking import kind_hint
+from addons.state_files import secret_file
 
 log = logging.getLogger("holdgate")
 
@@ -32,13 +32,7 @@ def admin_token(state_dir: Path) -> str:
     """The admin token: from $HOLDGATE_ADMIN_TOKEN, else created once in the state directory."""
     if os.environ.get(ADMIN_TOKEN_ENV):
         return os.environ[ADMIN_TOKEN_ENV]
-    path = admin_token_path(state_dir)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(24))
-    return path.read_text().strip()
+    return secret_file(admin_token_path(state_dir))
 
 
 def admin_token_path(state_dir: Path) -> Path:

@@ -157,6 +157,7 @@ def cmd_ca(args: argparse.Namespace) -> int:
 def cmd_kubeconfig(args: argparse.Namespace) -> int:
     from addons.gateway_ca import ensure_ca
     from addons.kubeconfig import INJECTED_PLACEHOLDER, KubeconfigError, agent_kubeconfig
+    from addons.state_files import write_private
 
     try:
         config = _config(args)
@@ -186,8 +187,7 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
         print(f"holdgate kubeconfig: {args.kubeconfig}: {e}", file=sys.stderr)
         return EXIT_INVALID
     out = Path(args.out)
-    out.touch(mode=0o600)
-    out.write_text(yaml.safe_dump(result, sort_keys=False))
+    write_private(out, yaml.safe_dump(result, sort_keys=False))
     print(f"wrote {out} (context {result['current-context']}, proxy-url {proxy_url})")
     return 0
 

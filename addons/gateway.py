@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from addons.redact import KUBERNETES_SECRET_MASKS, MaskSet, mask_request_body
 from addons.refusal import refusal
 from addons.request_facts import RequestFacts, build_facts
 from addons.response_masking import ResponseMasking, kind_hint
+from addons.state_files import secret_file, write_private
 from addons.yaml_source import SourceError, SourceErrors
 
 log = logging.getLogger("holdgate")
@@ -179,10 +181,7 @@ class Gateway:
                 pem = pem.rstrip(b"\n") + b"\n" + t.credential.client_key.read_bytes()
             hosts = [t.upstream.host] if t.upstream else [h.split(":")[0] for h in t.hosts]
             for host in hosts:
-                path = directory / f"{host}.pem"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(pem)
+                write_private(directory / f"{host}.pem", pem)
         return directory
 
     def _upstream_ca_bundle(self) -> Path | None:
@@ -221,7 +220,7 @@ class Gateway:
         if self.reload_interval > 0 and self._reload_task is None:
             self._reload_task = asyncio.create_task(self._watch_rules())
         if self.config is not None:
-            proxy_url = f"http://{_display_host(ctx.options.listen_host)}:{_listen_port()}"
+            proxy_url = f"http://{proxy_address()}"
             path = proxy_url_file(self.config.state_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(proxy_url + "\n")
@@ -474,26 +473,18 @@ def mask_key(state_dir: Path) -> bytes:
     """The gateway's secret for keyed-hash masks: $HOLDGATE_MASK_KEY, else a 0600 file."""
     if os.environ.get("HOLDGATE_MASK_KEY"):
         return os.environ["HOLDGATE_MASK_KEY"].encode()
-    path = state_dir / "mask-key"
-    if not path.exists():
-        import secrets
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    return secret_file(state_dir / "mask-key", lambda: secrets.token_hex(32)).encode()
 
 
-def _display_host(host: str) -> str:
-    return host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-
-
-def _listen_port() -> Any:
-    """The port the proxy really listens on (listen_port may be 0)."""
+def proxy_address() -> str:
+    """host:port where agents reach the running proxy (listen_port may be 0; 0.0.0.0 shown as loopback)."""
+    host = ctx.options.listen_host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
     server = ctx.master.addons.get("proxyserver")
     addrs = server.listen_addrs() if server is not None else []
-    return addrs[0][1] if addrs else ctx.options.listen_port or 8080
+    port = addrs[0][1] if addrs else ctx.options.listen_port or 8080
+    return f"{host}:{port}"
 
 
 def _describe(facts: RequestFacts) -> str:

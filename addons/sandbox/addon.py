@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
-from mitmproxy import ctx
 
 from addons.config import Upstream, parse_upstream
 from addons.gateway_ca import ca_cert_path
 from addons.kubeconfig import INJECTED_PLACEHOLDER, simple_kubeconfig
+from addons.state_files import secret_file, write_private
 
 if TYPE_CHECKING:
     from addons.gateway import Gateway
@@ -23,24 +21,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("holdgate")
 
 
-def _secret_file(path: Path) -> str:
-    """A random secret kept in a 0600 file, created once."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(24))
-    return path.read_text().strip()
-
-
 def sandbox_token(state_dir: Path) -> str:
     """The sandbox API's bearer token: only the gateway holds it (it injects it)."""
-    return _secret_file(state_dir / "sandbox" / "token")
+    return secret_file(state_dir / "sandbox" / "token")
 
 
 def sandbox_agent_token(state_dir: Path) -> str:
     """The sandbox agent's proxy token; its SHA-256 is what the gateway checks."""
-    token = _secret_file(state_dir / "sandbox" / "agent-token")
+    token = secret_file(state_dir / "sandbox" / "agent-token")
     digest = state_dir / "sandbox" / "agent-token.sha256"
     digest.write_text(hashlib.sha256(token.encode()).hexdigest() + "\n")
     return token
@@ -72,7 +60,9 @@ class Sandbox:
         await self.simulator.start()
         upstream: Upstream = parse_upstream(self.simulator.url)
         self.gateway.set_upstream(target.name, upstream, self.simulator.ca_path)
-        address = f"{_display_host(ctx.options.listen_host)}:{_listen_port()}"
+        from addons.gateway import proxy_address  # here: gateway.py builds this addon
+
+        address = proxy_address()
         host = target.hosts[0]
         ca = ca_cert_path(config.certs_dir)
         agent = next(iter(config.agents.agents), None)
@@ -90,10 +80,7 @@ class Sandbox:
         )
         kubeconfig["clusters"][0]["cluster"]["proxy-url"] = proxy
         path = agent_kubeconfig_path(state)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(yaml.safe_dump(kubeconfig, sort_keys=False))
+        write_private(path, yaml.safe_dump(kubeconfig, sort_keys=False))
         log.info(
             "holdgate sandbox: Kubernetes API simulator at %s behind target %r (host %s)\n"
             "  kubectl:  export KUBECONFIG=%s; kubectl get ns\n"
@@ -111,14 +98,3 @@ class Sandbox:
         if self.simulator is not None:
             await self.simulator.stop()
             self.simulator = None
-
-
-def _display_host(host: str) -> str:
-    return host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-
-
-def _listen_port() -> Any:
-    """The port the proxy really listens on (listen_port may be 0)."""
-    server = ctx.master.addons.get("proxyserver")
-    addrs = server.listen_addrs() if server is not None else []
-    return addrs[0][1] if addrs else ctx.options.listen_port or 8080
