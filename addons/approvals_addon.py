@@ -9,7 +9,7 @@ from typing import Any
 
 from mitmproxy import connection, http
 
-from addons.approval import Hold, HoldState, request_digest
+from addons.approval import Hold, request_digest
 from addons.approvals import ApprovalDesk, Channel, HoldSpec
 from addons.approvals_page import ApprovalsPage, LocalReviewer
 from addons.config import Config
@@ -216,6 +216,3 @@ def hold_record(hold: Hold) -> dict[str, Any]:
     record = hold.as_dict()
     record.pop("request", None)
     return record
-
-
-__all__ = ["Approvals", "HoldState", "hold_record", "admin_token"]

@@ -19,7 +19,6 @@ from mitmproxy import http
 
 from addons.config import Config
 from addons.credentials import CredentialUnavailable
-from addons.identity import REAPER_AGENT
 from addons.kube_request import classify
 from addons.ledger import (
     Created,
@@ -267,6 +266,3 @@ class Ownership:
                 self._retry_at[entry.uid] = time.time() + RETRY_AFTER_INTERVALS * self.reap_interval
             else:
                 self._retry_at.pop(entry.uid, None)
-
-
-__all__ = ["Ownership", "REAPER_AGENT", "ledger_path"]
