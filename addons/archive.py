@@ -219,7 +219,8 @@ def snapshot(flow: http.HTTPFlow) -> dict[str, Any]:
         "intercepted": flow.intercepted,
         "is_replay": flow.is_replay,
         "marked": flow.marked,
-        "metadata": {"holdgate": plain(flow.metadata.get("holdgate") or {})},
+        # Pickled at once by `WriterProcess.submit` (which falls back to `plain` if it cannot be).
+        "metadata": {"holdgate": flow.metadata.get("holdgate") or {}},
         "comment": flow.comment,
         "timestamp_created": flow.timestamp_created,
         "backup": None,
@@ -383,7 +384,12 @@ class WriterProcess:
             builtin_mask,
             waiter is not None,
         )
-        data = frame(message)
+        try:
+            data = frame(message)
+        except (pickle.PicklingError, TypeError, AttributeError, RecursionError):
+            # Something in the metadata does not pickle: send it as plain data instead.
+            state["metadata"] = {"holdgate": plain(state["metadata"].get("holdgate"))}
+            data = frame(message)
         if len(self._unacked) >= HARD_LIMIT:
             # The writer has not confirmed anything for very long: keep memory bounded.
             oldest = next(iter(self._unacked))

@@ -15,8 +15,6 @@ from addons.yaml_source import SourceError, SourceErrors
 
 EXIT_INVALID = 2
 
-GATEWAY_SCRIPT = Path(__file__).resolve().parent / "gateway.py"
-
 
 def _config(args: argparse.Namespace) -> Config:
     return load_config(Path(args.config) if args.config else None)
@@ -193,35 +191,32 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from addons.flow_filter import compile_filter
-    from addons.policy import load_policy
-
     try:
         config = _config(args)
-        load_policy(config.rule_files(), config, compile_filter)
+        # Loaded once, here, so that errors are printed as `holdgate check` prints them.
+        from addons.gateway import addons as gateway_addons
+
+        gateway_addons[0].prepare(config)
     except (SourceError, SourceErrors) as e:
         print("holdgate: refusing to start, the configuration is invalid:", file=sys.stderr)
         return _print_errors(e)
-    from mitmproxy.tools.main import mitmdump
+    from addons.gateway_master import run
 
     host = args.listen_host or config.listen_host
     port = config.listen_port if args.listen_port is None else args.listen_port
-    argv = [
-        "-s",
-        str(GATEWAY_SCRIPT),
-        "--set",
-        f"holdgate_config={config.path}",
-        "--set",
-        f"confdir={config.certs_dir}",
-        "--set",
-        "flow_detail=0",
-        "--listen-host",
-        host,
-        "--listen-port",
-        str(port),
-        *args.mitmproxy_args,
-    ]
-    mitmdump(argv)
+    run(
+        [
+            "--set",
+            f"holdgate_config={config.path}",
+            "--set",
+            f"confdir={config.certs_dir}",
+            "--listen-host",
+            host,
+            "--listen-port",
+            str(port),
+            *args.mitmproxy_args,
+        ]
+    )
     return 0
 
 
@@ -304,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "mitmproxy_args",
         nargs=argparse.REMAINDER,
-        help="after --: further mitmdump options, e.g. -- --set termlog_verbosity=debug",
+        help="after --: mitmproxy options (`-- --help` lists them), "
+        "e.g. -- --set termlog_verbosity=debug",
     )
     p.set_defaults(func=cmd_run)
 

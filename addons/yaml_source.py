@@ -73,15 +73,23 @@ def _index_lines(
             _index_lines(item, path, location + (i,), lines)
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_yaml(text: str, path: Path) -> Document:
     """Parse one YAML document, raising SourceError with the file and line of a syntax error."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is None:
-            return Document(path, None, {(): 1})
-        lines: dict[Location, int] = {}
-        _index_lines(node, path, (), lines)
-        data = yaml.safe_load(text)
+        # One parse, by libyaml when present: the node tree gives lines, then the data.
+        loader = _LOADER(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return Document(path, None, {(): 1})
+            lines: dict[Location, int] = {}
+            _index_lines(node, path, (), lines)
+            data = loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1

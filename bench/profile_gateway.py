@@ -6,6 +6,9 @@ mitmproxy functions that dispatch to them, the CPU time per request (inclusive),
 raw samples for flame graphs (`py-spy record -f raw` output, one stack per line).
 
     .venv/bin/python bench/profile_gateway.py [--rules 1000] [--seconds 10] [--no-fsync-wait]
+                                              [--writer]
+
+With --writer the archive's writer process is sampled instead of the gateway process.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ def main() -> int:
     parser.add_argument("--rules", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--no-fsync-wait", action="store_true")
+    parser.add_argument(
+        "--writer", action="store_true", help="sample the archive's writer process instead"
+    )
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--out", default=str(rig.ROOT / "var" / "bench" / "gateway-profile.txt"))
     args = parser.parse_args()
@@ -71,8 +77,9 @@ def main() -> int:
         try:
             context = rig.client_context(proxy.ca)
             auth = rig.basic(ruleset.BENCH_AGENT, ruleset.BENCH_TOKEN)
+            pid = proxy.descendants()[0] if args.writer else proxy.process.pid
             recorder = subprocess.Popen(
-                [spy, "record", "-p", str(proxy.process.pid), "-r", "500", "-f", "raw"]
+                [spy, "record", "-p", str(pid), "-r", "500", "-f", "raw"]
                 + ["-d", str(int(args.seconds + 2)), "-o", str(out)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -96,12 +103,13 @@ def main() -> int:
             recorder.wait(timeout=args.seconds + 60)
         finally:
             proxy.stop()
+    cpu_us = result.tree_cpu_us - result.cpu_us if args.writer else result.cpu_us
     print(
-        f"holdgate, {args.rules} rules, 8 clients: {result.rps:.0f} req/s, "
-        f"{result.cpu_us:.0f} us CPU per request in the gateway process; samples in {out}"
+        f"holdgate, {args.rules} rules, 8 clients: {result.rps:.0f} req/s, {cpu_us:.0f} us CPU "
+        f"per request in the {'writer' if args.writer else 'gateway'} process; samples in {out}"
     )
     print(f"{'us/request':>11}  function (inclusive)")
-    for us, name in per_request(out, result.cpu_us, args.top):
+    for us, name in per_request(out, cpu_us, args.top):
         print(f"{us:>11.0f}  {name}")
     return 0
 

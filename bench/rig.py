@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -167,6 +168,14 @@ class Proxy:
 
     def tree_cpu_seconds(self) -> float:
         """CPU time of the process and its live descendants (the archive's writer process)."""
+        total = 0.0
+        for pid in [self.process.pid, *self.descendants()]:
+            with contextlib.suppress(OSError):
+                total += _cpu_seconds(pid)
+        return total
+
+    def descendants(self) -> list[int]:
+        """Live descendant processes (the archive's writer), parents first."""
         children: dict[int, list[int]] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -174,15 +183,12 @@ class Proxy:
             except OSError:
                 continue
             children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        total, todo = 0.0, [self.process.pid]
+        found, todo = [], list(children.get(self.process.pid, []))
         while todo:
-            pid = todo.pop()
-            try:
-                total += _cpu_seconds(pid)
-            except OSError:
-                continue
+            pid = todo.pop(0)
+            found.append(pid)
             todo += children.get(pid, [])
-        return total
+        return found
 
     def stop(self) -> None:
         stop_process(self.process)

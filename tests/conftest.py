@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,9 +103,12 @@ def start_gateway(
     config: dict[str, object],
     rules: dict[str, str],
     env: dict[str, str] | None = None,
+    verbose: bool = False,
+    mitmproxy_args: Sequence[str] = (),
 ) -> GatewayProcess:
     """Write a config and rule files under `home` and start the gateway on a free port
-    (`env`: extra environment variables for the gateway process)."""
+    (`env`: extra environment variables for the gateway process; `verbose`: debug log level,
+    which includes a line per allowed request; `mitmproxy_args`: after `holdgate run --`)."""
     rules_dir = home / "rules"
     rules_dir.mkdir(parents=True, exist_ok=True)
     for name, text in rules.items():
@@ -129,6 +132,8 @@ def start_gateway(
             "--",
             "--set",
             "holdgate_reload_interval=0.2",
+            *(["--set", "termlog_verbosity=debug"] if verbose else []),
+            *mitmproxy_args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

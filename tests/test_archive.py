@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -307,6 +308,20 @@ async def test_stop_flushes_the_open_segment(tmp_path: Path) -> None:
     archive.done()
     assert [f.id for f in archived(settings)] == [f.id for f in flows]
     assert not list(settings.spool.glob("seg-*"))
+
+
+async def test_metadata_that_does_not_pickle_is_archived_as_text(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    archive = Archive()
+    archive.configure_settings(settings, "gw-test")
+    flow = canary_flow(1)
+    flow.metadata["holdgate"]["lock"] = threading.Lock()
+    await archive.response(flow)
+    archive.done()
+    [stored] = archived(settings)
+    assert stored.id == flow.id
+    assert stored.metadata["holdgate"]["lock"].startswith("<unlocked _thread.lock")
+    assert stored.metadata["holdgate"]["decision"] == flow.metadata["holdgate"]["decision"]
 
 
 def test_snapshot_is_get_state_without_secrets() -> None:

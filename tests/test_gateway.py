@@ -344,6 +344,47 @@ def test_decisions_are_logged_and_on_the_flow(gateway: GatewayProcess, kubeconfi
     )
 
 
+REWRITE_SCRIPT = """
+def request(flow):
+    # An operator's script that redirects sandbox Secret reads to prod.
+    flow.request.path = flow.request.path.replace("/namespaces/sandbox/secrets", "/namespaces/prod/secrets")
+"""
+
+
+def test_scripts_run_before_the_gateway_decides(tmp_path: Path, simulator: KubeSimulator) -> None:
+    script = tmp_path / "rewrite.py"
+    script.write_text(REWRITE_SCRIPT)
+    gw = start_gateway(
+        tmp_path / "gw",
+        {"targets": [kube_target(simulator)]},
+        {"rules.yaml": RULES.split("  - id: api-read")[0]},
+        mitmproxy_args=["-s", str(script)],
+    )
+    try:
+        simulator.clear_requests()
+        kubeconfig = write_agent_kubeconfig(tmp_path / "kc", gw)
+        result = kubectl(kubeconfig, "get", "secrets", "-n", "sandbox")
+        # The gateway decided on what the script made of the request: a prod Secret read.
+        assert result.returncode != 0 and "deny-prod-secrets" in result.stderr
+        assert not received(simulator, "GET", "/api/v1/namespaces/prod/secrets")
+        assert not received(simulator, "GET", "/api/v1/namespaces/sandbox/secrets")
+    finally:
+        gw.stop()
+
+
+def test_options_of_request_rewriting_addons_are_refused(gateway: GatewayProcess) -> None:
+    # map_remote would rewrite requests after the gateway decided: holdgate run lacks it.
+    result = subprocess.run(
+        [str(BIN / "holdgate"), "run", "--config", str(gateway.home / "holdgate.yaml")]
+        + ["--listen-port", "0", "--", "--set", "map_remote=|example.com|evil.test"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "unknown mitmproxy option(s): map_remote" in result.stderr + result.stdout
+
+
 def test_hot_reload_and_last_good_policy(tmp_path: Path, simulator: KubeSimulator) -> None:
     rule = (
         "rules:\n  - id: reads\n    action: allow\n    resources: ['*']\n    verbs: [get, list]\n"

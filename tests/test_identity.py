@@ -116,7 +116,7 @@ def gateway(
             "local_reviewers": {"olga": {"token_sha256": token_digest("olga-token")}},
         },
     }
-    gw = start_gateway(home, config, {"r.yaml": RULES})
+    gw = start_gateway(home, config, {"r.yaml": RULES}, verbose=True)
     yield gw
     gw.stop()
 

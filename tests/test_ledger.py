@@ -255,7 +255,7 @@ def gateway(
         "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
         "ledger": {"reap_expired": True, "reap_interval_seconds": 1},
     }
-    gw = start_gateway(home, config, {"r.yaml": RULES})
+    gw = start_gateway(home, config, {"r.yaml": RULES}, verbose=True)
     yield gw
     gw.stop()
 
