@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
@@ -48,6 +49,10 @@ _WITHHELD = (
 )
 _NOTED = 10_000
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# fcntl.F_SETPIPE_SZ (Linux; Python 3.10+ names it, older type stubs may not) and the pipe
+# size asked for (the unprivileged maximum by default).
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+PIPE_BYTES = 1 << 20
 # Flows kept for a writer that confirms nothing (a failed disk); beyond this the oldest go.
 HARD_LIMIT = MAX_PENDING * 10
 
@@ -131,6 +136,12 @@ class Archive:
         wait = self.settings is not None and self.settings.fsync_before_response
         future = self._record(flow, wait=wait)
         if future is None:
+            # Without the fsync wait the response still waits while the record is only in this
+            # process (the pipe to the writer is full): once in the pipe it outlives our death.
+            drained = self.writer.drained() if self.writer is not None else None
+            if drained is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(drained, RESPONSE_WAIT)
             return
         try:
             durable = await asyncio.wait_for(future, RESPONSE_WAIT)
@@ -270,6 +281,7 @@ class WriterProcess:
         self._unacked: dict[int, tuple[bytes, Waiter | None]] = {}
         self._controls: dict[int, asyncio.Future[bool]] = {}
         self._out = bytearray()
+        self._drained: list[asyncio.Future[None]] = []
         self._in = bytearray()
         self._stopping = False
         self.dropped = 0
@@ -306,6 +318,9 @@ class WriterProcess:
             close_fds=True,
         )
         assert process.stdin is not None and process.stdout is not None
+        with contextlib.suppress(OSError):
+            # A larger pipe (Linux) takes bursts without records waiting in this process.
+            fcntl.fcntl(process.stdin.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
         os.set_blocking(process.stdin.fileno(), False)
         os.set_blocking(process.stdout.fileno(), False)
         self.process = process
@@ -417,6 +432,14 @@ class WriterProcess:
         finally:
             self._controls.pop(token, None)
 
+    def drained(self) -> asyncio.Future[None] | None:
+        """A future done once everything sent so far is in the pipe; None if it already is."""
+        if not self._out or self.loop is None:
+            return None
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._drained.append(future)
+        return future
+
     def can_record(self) -> bool:
         """Whether flows reach the spool now."""
         process = self.process
@@ -468,6 +491,10 @@ class WriterProcess:
         del self._out[:written]
         if not self._out and self.loop is not None:
             self.loop.remove_writer(process.stdin.fileno())
+            drained, self._drained = self._drained, []
+            for future in drained:
+                if not future.done():
+                    future.set_result(None)
 
     def _flush_blocking(self, timeout: float) -> None:
         """Push the buffer into the pipe, waiting for it (start-up and shutdown only)."""

@@ -298,6 +298,33 @@ async def test_a_killed_writer_is_replaced_and_nothing_is_lost_or_doubled(
     assert verify(DirectoryBackend(settings.directory), settings.spool).ok
 
 
+async def test_without_the_fsync_wait_a_response_waits_while_the_pipe_is_full(
+    tmp_path: Path, archive_factory: Callable[..., Archive]
+) -> None:
+    settings = settings_for(tmp_path, fsync_before_response=False)
+    archive = archive_factory(settings)
+    writer = archive.writer
+    assert writer is not None and writer.process is not None
+    os.kill(writer.process.pid, signal.SIGSTOP)  # the writer reads nothing for a while
+    try:
+        flows = []
+        while not writer._out:  # until the pipe is full and records wait in this process
+            assert len(flows) < 200, "the pipe never filled"
+            flow = canary_flow(len(flows))
+            assert flow.response is not None
+            flow.response.content = os.urandom(256 * 1024)
+            flows.append(flow)
+            await archive.response(flow)
+        waiting = asyncio.create_task(archive.response(canary_flow(500)))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # its record is not in the pipe yet: not released
+    finally:
+        os.kill(writer.process.pid, signal.SIGCONT)
+    await asyncio.wait_for(waiting, 15)
+    await drain(archive)
+    assert len(archived(settings)) == len(flows) + 1
+
+
 async def test_stop_flushes_the_open_segment(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     archive = Archive()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import hashlib
 import http.client
 import json
 import os
@@ -117,7 +118,9 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def bucket(moto: Moto, request: pytest.FixtureRequest) -> str:
     """A fresh versioned bucket (a second version of a key would show a duplicate upload)."""
-    name = "audit-" + request.node.name.lower().replace("_", "-")[:40]
+    # Unique per test (parametrized variants too): bucket names are at most 63 characters.
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
+    name = "audit-" + request.node.originalname.lower().replace("_", "-")[:40] + "-" + digest
     client = s3_client(moto.endpoint)
     client.create_bucket(Bucket=name)
     client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
@@ -373,8 +376,9 @@ def start_mitmdump(
     return process, port
 
 
+@pytest.mark.parametrize("fsync_wait", [True, False], ids=["fsync-wait", "pipe-wait"])
 def test_kill_9_under_load_loses_no_answered_flow(
-    tmp_path: Path, moto: Moto, bucket: str, stores: list[ArchiveStore]
+    tmp_path: Path, moto: Moto, bucket: str, stores: list[ArchiveStore], fsync_wait: bool
 ) -> None:
     upstream = _QuietServer(("127.0.0.1", 0), _Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
@@ -388,6 +392,8 @@ def test_kill_9_under_load_loses_no_answered_flow(
         "rotate_bytes": 8000,
         "rotate_seconds": 0.3,
         "upload_retry": {"initial_seconds": 0.05, "max_seconds": 0.2},
+        # Without the fsync wait a response waits only until its record is in the writer's pipe.
+        "fsync_before_response": fsync_wait,
     }
     answered: list[str] = []
     lock = threading.Lock()
