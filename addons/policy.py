@@ -626,6 +626,21 @@ def _compile_body(
     return conditions, errors
 
 
+# Rule fields whose matcher is made from the field's value alone, in the order they are tried.
+_FIELD_MATCHERS: tuple[tuple[str, Callable[[Any], Matcher]], ...] = (
+    ("apiGroups", _api_groups_matcher),
+    ("resources", _resources_matcher),
+    ("verbs", _verbs_matcher),
+    ("resourceNames", _resource_names_matcher),
+    ("nonResourceURLs", _non_resource_matcher),
+    ("namespaces", _namespaces_matcher),
+    ("agents", _agents_matcher),
+    ("groups", _groups_matcher),
+    ("methods", _methods_matcher),
+    ("paths", _paths_matcher),
+)
+
+
 def _compile_matchers(
     doc: Document,
     loc: tuple[str | int, ...],
@@ -659,26 +674,7 @@ def _compile_matchers(
         )
     if any(k in raw for k in _KUBE_FIELDS):
         matchers.append(_kube_only)
-    if "apiGroups" in raw:
-        matchers.append(_api_groups_matcher(raw["apiGroups"]))
-    if "resources" in raw:
-        matchers.append(_resources_matcher(raw["resources"]))
-    if "verbs" in raw:
-        matchers.append(_verbs_matcher(raw["verbs"]))
-    if "resourceNames" in raw:
-        matchers.append(_resource_names_matcher(raw["resourceNames"]))
-    if "nonResourceURLs" in raw:
-        matchers.append(_non_resource_matcher(raw["nonResourceURLs"]))
-    if "namespaces" in raw:
-        matchers.append(_namespaces_matcher(raw["namespaces"]))
-    if "agents" in raw:
-        matchers.append(_agents_matcher(raw["agents"]))
-    if "groups" in raw:
-        matchers.append(_groups_matcher(raw["groups"]))
-    if "methods" in raw:
-        matchers.append(_methods_matcher(raw["methods"]))
-    if "paths" in raw:
-        matchers.append(_paths_matcher(raw["paths"]))
+    matchers.extend(make(raw[key]) for key, make in _FIELD_MATCHERS if key in raw)
     if "body" in raw:
         conditions, body_errors = _compile_body(doc, loc + ("body",), raw["body"])
         errors.extend(body_errors)
