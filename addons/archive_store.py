@@ -1746,17 +1746,56 @@ def _resolve(futures: list[asyncio.Future[bool]], ok: bool) -> None:
 # --- the uploader ------------------------------------------------------------------------------
 
 
+class HandedOver(Exception):
+    """The spool was handed over to the next writer: a background thread must stop changing it."""
+
+
+class Handover:
+    """Guards the background threads' changes to the spool until the store lets the spool go.
+
+    Once `hand_over` returns no change is under way and none starts, though a thread may still
+    wait on the network: the next writer can take the spool at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+
+    def check(self) -> None:
+        """HandedOver if the spool is no longer ours (before starting work on it)."""
+        if self.done.is_set():
+            raise HandedOver
+
+    @contextlib.contextmanager
+    def change(self) -> Iterator[None]:
+        """Change the spool inside this block; HandedOver if it is no longer ours."""
+        with self._lock:
+            self.check()
+            yield
+
+    def hand_over(self) -> None:
+        """Wait for a change under way to finish; refuse every later one."""
+        with self._lock:
+            self.done.set()
+
+
 class Uploader(threading.Thread):
     """Seals closed segments into the hash chain and stores them, retrying with backoff."""
 
     def __init__(
-        self, spool: Spool, backend: Backend, settings: ArchiveSettings, gateway: str
+        self,
+        spool: Spool,
+        backend: Backend,
+        settings: ArchiveSettings,
+        gateway: str,
+        handover: Handover | None = None,
     ) -> None:
         super().__init__(name="holdgate-archive-uploader", daemon=True)
         self.spool = spool
         self.backend = backend
         self.settings = settings
         self.gateway = gateway
+        self.handover = handover or Handover()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.progress = threading.Condition()
@@ -1771,6 +1810,8 @@ class Uploader(threading.Thread):
             final = self.stopping.is_set()
             try:
                 self.upload_ready()
+            except HandedOver:
+                break
             except BackendError as e:
                 self._note_error(e, delay)
                 if final:
@@ -1810,9 +1851,11 @@ class Uploader(threading.Thread):
     def upload_ready(self) -> None:
         """Seal and store every closed segment, oldest first."""
         for segment in self.spool.closed():
+            self.handover.check()
             manifest, data = self.seal(segment)
             self.store(segment, manifest, data)
-            self.spool.remove(segment)
+            with self.handover.change():
+                self.spool.remove(segment)
             self.uploaded += 1
             if self.error:
                 log.info("archive: %s reachable again", self.backend.describe())
@@ -1851,7 +1894,8 @@ class Uploader(threading.Thread):
             data = path.read_bytes()
             manifest = json.loads(data)
             if chain is None or int(chain.get("seq", 0)) < manifest["seq"]:
-                self.spool.write_chain(self.gateway, manifest["seq"], sha256_hex(data))
+                with self.handover.change():
+                    self.spool.write_chain(self.gateway, manifest["seq"], sha256_hex(data))
             return manifest, data
         seq, previous = self._head()
         seq += 1
@@ -1879,21 +1923,31 @@ class Uploader(threading.Thread):
             "key": object_key(self.backend.prefix, self.gateway, seq, opened, Kind.MANIFEST),
         }
         data = canonical_json(manifest)
-        atomic_write(path, data)
-        self.spool.write_chain(self.gateway, seq, sha256_hex(data))
+        with self.handover.change():
+            atomic_write(path, data)
+            self.spool.write_chain(self.gateway, seq, sha256_hex(data))
         return manifest, data
 
     def store(self, segment: int, manifest: Mapping[str, Any], data: bytes) -> None:
         """Put the segment's objects, then its manifest; objects already stored are skipped."""
         for kind in DATA_KINDS:
             obj = manifest["objects"][kind.name.lower()]
-            blob = self.spool.path(segment, kind).read_bytes()
+            try:
+                blob = self.spool.path(segment, kind).read_bytes()
+            except FileNotFoundError:
+                # Spool.remove deletes data files first: a removal cut short (its writer was
+                # killed) after the whole segment was stored, the manifest last.
+                self.handover.check()
+                if self.backend.stored_sha256(manifest["key"]) == sha256_hex(data):
+                    return
+                raise BackendError(f"spool segment {segment} lost its {kind} file") from None
             if sha256_hex(blob) != obj["sha256"]:
                 raise BackendError(f"spool segment {segment} changed after sealing ({kind})")
             self._put_once(obj["key"], blob, obj["sha256"], _CONTENT_TYPES[kind])
         self._put_once(manifest["key"], data, sha256_hex(data), _CONTENT_TYPES[Kind.MANIFEST])
 
     def _put_once(self, key: str, data: bytes, sha256: str, content_type: str) -> None:
+        self.handover.check()
         stored = self.backend.stored_sha256(key)
         if stored == sha256:
             return
@@ -1915,13 +1969,19 @@ class WebhookSender(threading.Thread):
     MAX_AGE = 24 * 3600.0
 
     def __init__(
-        self, outbox: Path, settings: WebhookSettings, retry_initial: float, retry_max: float
+        self,
+        outbox: Path,
+        settings: WebhookSettings,
+        retry_initial: float,
+        retry_max: float,
+        handover: Handover | None = None,
     ) -> None:
         super().__init__(name="holdgate-archive-webhook", daemon=True)
         self.outbox = outbox
         self.settings = settings
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.handover = handover or Handover()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.sent = 0
@@ -1934,6 +1994,8 @@ class WebhookSender(threading.Thread):
         while not self.stopping.is_set():
             try:
                 self.deliver_ready()
+            except HandedOver:
+                return
             except OSError as e:
                 if str(e) != self.error:
                     log.warning("archive: audit webhook %s: %s (retrying)", self.settings.url, e)
@@ -1952,16 +2014,20 @@ class WebhookSender(threading.Thread):
         for path in sorted(self.outbox.glob("*.audit.jsonl")):
             if time.time() - path.stat().st_mtime > self.MAX_AGE:
                 log.error("archive: audit events %s undeliverable for a day; dropped", path.name)
-                path.unlink()
+                with self.handover.change():
+                    path.unlink()
                 continue
             lines = [line for line in path.read_bytes().splitlines() if line.strip()]
             while lines:
                 batch, lines = lines[: self.BATCH], lines[self.BATCH :]
+                self.handover.check()
                 self.post([event for event in map(_event_or_none, batch) if event is not None])
                 self.sent += len(batch)
                 if lines:
-                    atomic_write(path, b"\n".join(lines) + b"\n")
-            path.unlink()
+                    with self.handover.change():
+                        atomic_write(path, b"\n".join(lines) + b"\n")
+            with self.handover.change():
+                path.unlink()
 
     def post(self, events: list[dict[str, Any]]) -> None:
         """One EventList POST; OSError on any failure."""
@@ -2016,6 +2082,7 @@ class ArchiveStore:
         self.thread: WriterThread | None = None
         self.uploader: Uploader | None = None
         self.webhook: WebhookSender | None = None
+        self.handover = Handover()
         self.error = ""
 
     def start(self, lock_timeout: float = 0.0, threaded: bool = True) -> None:
@@ -2038,7 +2105,10 @@ class ArchiveStore:
             self.error = str(e)
             log.error("archive: the spool cannot be used: %s", e)
             return
-        self.uploader = Uploader(self.spool, self.backend, self.settings, self.gateway)
+        self.handover = Handover()
+        self.uploader = Uploader(
+            self.spool, self.backend, self.settings, self.gateway, self.handover
+        )
         self.writer = SpoolWriter(
             self.spool, self.settings, self.options, self.uploader.wake.set, self.on_durable
         )
@@ -2048,6 +2118,7 @@ class ArchiveStore:
                 self.settings.audit_webhook,
                 self.settings.retry_initial,
                 self.settings.retry_max,
+                self.handover,
             )
             self.webhook.start()
             previous = self.uploader.wake.set
@@ -2134,9 +2205,15 @@ class ArchiveStore:
                 uploader.progress.wait(min(remaining, 0.5))
         return True
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Close the open segment, try a last upload within `timeout`, stop the threads."""
+    def stop(self, timeout: float = 10.0, upload: bool = True) -> None:
+        """Close the open segment, try a last upload within `timeout`, stop the threads.
+
+        Without `upload` (the writer of a killed gateway, whose successor waits for the spool)
+        uploads stop where they are and closed segments wait in the spool for the next writer.
+        """
         deadline = time.monotonic() + timeout
+        if not upload:
+            self.handover.hand_over()  # first: closing the segment must not start an upload
         if self.writer is not None:
             self._control("stop", timeout)
         if self.thread is not None:
@@ -2145,17 +2222,19 @@ class ArchiveStore:
             self.uploader.stopping.set()
             self.uploader.wake.set()
             self.uploader.join(max(0.0, deadline - time.monotonic()))
-            left = len(self.spool.closed())
-            if left:
-                log.warning(
-                    "archive: %d segments stay in the spool %s; they are uploaded on the next start",
-                    left,
-                    self.spool.root,
-                )
         if self.webhook is not None:
             self.webhook.stopping.set()
             self.webhook.wake.set()
             self.webhook.join(max(0.1, deadline - time.monotonic()))
+        # A thread still waiting on the network must not touch the spool the next writer takes.
+        self.handover.hand_over()
+        left = len(self.spool.closed())
+        if left and self.uploader is not None:
+            log.warning(
+                "archive: %d segments stay in the spool %s; they are uploaded on the next start",
+                left,
+                self.spool.root,
+            )
         self.spool.unlock()
         self.writer = self.thread = self.uploader = self.webhook = None
 
@@ -2182,7 +2261,8 @@ class ArchiveStore:
 # gateway -> writer: ("start", settings, gateway) first, then
 #   ("flow", token, state, client_conn, server_conn, captured, request_body, builtin_mask, wait)
 #   with the connection states as pickles (shared by the flows of a connection),
-#   ("rotate" | "drain", token, timeout), ("stop", timeout).
+#   ("rotate" | "drain", token, timeout), ("stop", timeout); end of file without "stop": the
+#   gateway was killed.
 # writer -> gateway: ("status", {...}), ("ack", ok, [tokens]), ("done", token, ok),
 #   ("log", level, message).
 
@@ -2229,11 +2309,19 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the gateway; it stops us
     out_lock = threading.Lock()
+    gateway_gone = threading.Event()
 
     def send(message: Any) -> None:
         data = frame(message)
         with out_lock:
-            _write_all(stdout_fd, data)
+            if gateway_gone.is_set():
+                return
+            try:
+                _write_all(stdout_fd, data)
+            except OSError:
+                # The gateway was killed (EPIPE): what its pipe still holds is written all the
+                # same, and nobody reads our reports any more.
+                gateway_gone.set()
 
     holdgate_log = logging.getLogger("holdgate")
     holdgate_log.addHandler(_ForwardLogs(send))
@@ -2299,7 +2387,9 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
 
     threading.Thread(target=report_status, name="holdgate-archive-status", daemon=True).start()
     connections: dict[bytes, Preserialized] = {}
-    stop_timeout = 2.0  # the gateway is gone: the next writer resumes from the spool
+    # End of file without a stop: the gateway was killed. Its successor waits for the spool, so
+    # uploads are left to it; an upload under way gets up to stop_timeout to finish.
+    stop_timeout, upload = 2.0, False
     os.set_blocking(stdin_fd, False)
     finished = False
     batch: list[Submission] = []
@@ -2336,7 +2426,7 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
             elif kind in ("rotate", "drain"):
                 controls.append(message)
             elif kind == "stop":
-                stop_timeout, finished = message[1], True
+                stop_timeout, upload, finished = message[1], True, True
         # A response waits: write now. Otherwise gather flows for one fsync per window.
         if (
             urgent
@@ -2358,11 +2448,10 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
                     daemon=True,
                 ).start()
         controls = []
-    store.stop(timeout=stop_timeout)
+    store.stop(timeout=stop_timeout, upload=upload)
     stopped.set()
     flush_acks()
-    with contextlib.suppress(OSError):
-        send(("status", {"can_record": False, "error": "the archive writer stopped"}))
+    send(("status", {"can_record": False, "error": "the archive writer stopped"}))
     return 0
 
 

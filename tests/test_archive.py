@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -21,12 +22,14 @@ from mitmproxy import io as mitmio
 from mitmproxy.io import tnetstring
 from mitmproxy.test import tflow
 
-from addons.archive import Archive, ConnectionStates, snapshot
+from addons.archive import Archive, ConnectionStates, WriterProcess, snapshot
 from addons.archive_store import (
     ArchiveSettings,
+    ArchiveStore,
     DirectoryBackend,
     Spool,
     dumps,
+    frame,
     split_records,
     verify,
 )
@@ -295,6 +298,58 @@ async def test_a_killed_writer_is_replaced_and_nothing_is_lost_or_doubled(
     counts = Counter(f.id for f in archived(settings))
     assert set(counts) == {f.id for f in first + second}
     assert set(counts.values()) == {1}
+    assert verify(DirectoryBackend(settings.directory), settings.spool).ok
+
+
+def test_a_killed_gateways_writer_writes_what_its_pipe_held_and_leaves_at_once(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path)
+    writer = WriterProcess(settings, "gw-test")
+    writer.start()
+    process = writer.process
+    assert process is not None and process.stdin is not None and process.stdout is not None
+    assert writer.can_record()
+    connections = ConnectionStates()
+    flows = [canary_flow(i) for i in range(30)]
+    fd = process.stdin.fileno()
+    os.set_blocking(fd, True)
+
+    def send(token: int, flow: http.HTTPFlow) -> None:
+        """A flow a response waits for: the writer acknowledges it as soon as it is durable."""
+        conns = connections.get(flow.client_conn), connections.get(flow.server_conn)
+        data = frame(("flow", token, snapshot(flow), *conns, None, None, True, True))
+        with contextlib.suppress(BrokenPipeError):  # a writer that died reads nothing more
+            os.write(fd, data)
+
+    try:
+        # What kill -9 of the gateway does to its writer: nobody reads the writer's reports
+        # (EPIPE) and, once the writer has read what the gateway had written, end of file.
+        process.stdout.close()
+        send(1, flows[0])
+        deadline = time.monotonic() + 10
+        while spooled_ids(settings) != [flows[0].id]:  # acknowledged: into the dead pipe
+            assert time.monotonic() < deadline, "the first flow never reached the spool"
+            time.sleep(0.02)
+        for token, flow in enumerate(flows[1:], start=2):
+            send(token, flow)
+        process.stdin.close()
+        # It leaves the uploads to the next writer, which waits for the spool meanwhile.
+        assert process.wait(5) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    assert spooled_ids(settings) == [f.id for f in flows]
+    assert not Spool(settings.spool).unclosed()  # closed, so fsynced
+    assert not archived(settings)
+    successor = ArchiveStore(settings, "gw-test")
+    successor.start()
+    try:
+        assert successor.drain(timeout=10)
+    finally:
+        successor.stop(timeout=5)
+    assert [f.id for f in archived(settings)] == [f.id for f in flows]
     assert verify(DirectoryBackend(settings.directory), settings.spool).ok
 
 

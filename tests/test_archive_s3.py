@@ -438,10 +438,11 @@ def test_kill_9_under_load_loses_no_answered_flow(
         upstream.shutdown()
         upstream.server_close()
     received = list(answered)
-    # The gateway's writer process outlives it: it writes what the pipe still holds, then exits.
+    # The gateway's writer process outlives it: it writes what the pipe still holds, then exits
+    # at once, leaving the uploads to the next writer (which waits for the spool meanwhile).
     assert writers
     for pid in writers:
-        wait_until(functools.partial(_exited, pid), 20, "the orphaned writer to finish")
+        wait_until(functools.partial(_exited, pid), 5, "the orphaned writer to finish")
     settings = ArchiveSettings.from_dict(archive, tmp_path, tmp_path / "state")
     restarted = start(stores, settings, lock_timeout=30)
     assert restarted.drain(timeout=30)
@@ -636,9 +637,11 @@ def test_kill_9_the_real_gateway_under_load_and_restart(
                     paths += [f.request.path for f in read_flows(blob)]
             return collections.Counter(paths)
 
-        wait_until(
-            lambda: all(archived_paths()[p] for p in received), 60, "every answered flow in S3"
-        )
+        def every_answered_flow_archived() -> bool:
+            archived = archived_paths()  # once per poll: listing and reading S3 takes a while
+            return all(archived[p] for p in received)
+
+        wait_until(every_answered_flow_archived, 60, "every answered flow in S3")
     finally:
         stop.set()
         gateway.stop()

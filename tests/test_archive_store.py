@@ -27,7 +27,10 @@ from addons.archive_store import (
     Kind,
     RecordOptions,
     RequireFor,
+    Spool,
+    SpoolWriter,
     Submission,
+    Uploader,
     encode,
     is_privileged,
     mask_header_value,
@@ -572,6 +575,75 @@ def test_an_unwritable_spool_is_reported_then_recovers(
     assert store.drain(timeout=10)
     (mitm,) = settings.directory.rglob("*.mitm")
     assert [f.id for f in read_flows(mitm.read_bytes())] == [flow.id]
+
+
+class _HungBackend(DirectoryBackend):
+    """An archive directory whose puts hang until released, as an S3 that stopped answering."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.hung = threading.Event()
+        self.release = threading.Event()
+
+    def put(self, key: str, data: bytes, sha256: str, content_type: str) -> None:
+        self.hung.set()
+        self.release.wait(10)
+        super().put(key, data, sha256, content_type)
+
+
+def _spool_files(spool: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(spool.iterdir()) if p.is_file()}
+
+
+def test_a_stop_past_its_deadline_leaves_the_spool_to_the_next_writer(
+    tmp_path: Path, store_factory: Callable[..., ArchiveStore]
+) -> None:
+    settings = settings_for(tmp_path)
+    backend = _HungBackend(settings.directory)
+    store = ArchiveStore(settings, "gw-test", backend=backend)
+    store.start()
+    flow = canary_flow()
+    store.submit(Submission(flow.get_state()))
+    assert store.rotate(timeout=10)
+    assert backend.hung.wait(10)
+    uploader = store.uploader
+    assert uploader is not None
+    store.stop(timeout=0.2)  # the spool is free for the next writer now
+    left = _spool_files(settings.spool)
+    backend.release.set()  # the put under way returns after the spool was let go
+    uploader.join(10)
+    assert not uploader.is_alive()
+    assert _spool_files(settings.spool) == left
+    successor = store_factory(settings)
+    assert successor.drain(timeout=10)
+    (mitm,) = settings.directory.rglob("*.mitm")
+    assert [f.id for f in read_flows(mitm.read_bytes())] == [flow.id]
+    assert verify(DirectoryBackend(settings.directory), settings.spool).ok
+
+
+def test_a_removal_cut_short_after_the_upload_is_finished(
+    tmp_path: Path, store_factory: Callable[..., ArchiveStore]
+) -> None:
+    settings = settings_for(tmp_path)
+    settings.spool.mkdir(parents=True)
+    spool = Spool(settings.spool)
+    backend = DirectoryBackend(settings.directory)
+    flow = canary_flow()
+    writer = SpoolWriter(
+        spool, settings, RecordOptions(gateway="gw-test"), lambda: None, lambda *_: None
+    )
+    writer.write([Submission(flow.get_state())], rotate=True)
+    (segment,) = spool.closed()
+    uploader = Uploader(spool, backend, settings, "gw-test")
+    manifest, data = uploader.seal(segment)
+    uploader.store(segment, manifest, data)
+    spool.path(segment, Kind.FLOWS).unlink()  # a writer killed inside Spool.remove
+    store = store_factory(settings)
+    assert store.drain(timeout=10)
+    assert not spool.segments()
+    (mitm,) = settings.directory.rglob("*.mitm")
+    assert [f.id for f in read_flows(mitm.read_bytes())] == [flow.id]
+    assert verify(backend, settings.spool).ok
 
 
 class _Webhook:
