@@ -6,7 +6,9 @@ authenticated. Held requests are GETs of Secrets in `bench` (rule `approve-bench
 TLS connection each, opened by raw asyncio clients that then wait. Non-held traffic is 8
 keep-alive clients reading a ConfigMap. The resume latency runs from the moment the gateway
 records the approval (the approvals API's `decided_at`) to the request's arrival at the upstream
-(the upstream's own clock, same host).
+(the upstream's own clock, same host); then the same through Slack: the tests' wire-level Slack
+simulator (Socket Mode) clicks Approve, and the clock runs from the gateway's acknowledgement of
+the click to the arrival at the upstream.
 
     .venv/bin/python bench/bench_holds.py [--held 1000,10000] [--resumes 200] [--seconds 3]
 """
@@ -19,8 +21,11 @@ import json
 import resource
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
@@ -28,6 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import rig  # noqa: E402
 import ruleset  # noqa: E402
+
+from tests.sim.slack_sim import SlackSimulator  # noqa: E402
+
+T = TypeVar("T")
 
 THROUGHPUT_GOAL = 0.90
 RESUME_GOAL_MS = 20.0
@@ -68,6 +77,46 @@ class Page:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+SLACK_CHANNEL = "C0BENCH"
+SLACK_ENV = {"HOLDGATE_BENCH_SLACK_BOT": "xoxb-bench-bot", "HOLDGATE_BENCH_SLACK_APP": "xapp-bench"}
+
+
+class SlackRig:
+    """The Slack simulator on its own event loop in a thread, started before the gateway."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="slack", daemon=True)
+        self.thread.start()
+        simulator = SlackSimulator(
+            bot_token=SLACK_ENV["HOLDGATE_BENCH_SLACK_BOT"],
+            app_token=SLACK_ENV["HOLDGATE_BENCH_SLACK_APP"],
+            channels=(SLACK_CHANNEL,),
+            users={ruleset.SLACK_REVIEWER: "Bench Reviewer"},
+        )
+        self.sim = asyncio.run_coroutine_threadsafe(simulator.start(), self.loop).result(30)
+
+    def section(self) -> dict[str, Any]:
+        """The gateway's `approvals.slack` configuration for this simulator."""
+        return {
+            "channel": SLACK_CHANNEL,
+            "mode": "socket",
+            "api_base_url": self.sim.base_url,
+            "bot_token_env": "HOLDGATE_BENCH_SLACK_BOT",
+            "app_token_env": "HOLDGATE_BENCH_SLACK_APP",
+        }
+
+    async def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run a coroutine on the simulator's loop, from the benchmark's loop."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
 
 class HeldClients:
@@ -131,9 +180,15 @@ async def throughput(proxy: rig.Proxy, seconds: float) -> rig.LoadResult:
 
 
 async def resume_latencies(
-    proxy: rig.Proxy, page: Page, upstream: rig.Upstream, count: int, tag: str
+    proxy: rig.Proxy,
+    page: Page,
+    upstream: rig.Upstream,
+    count: int,
+    tag: str,
+    slack: SlackRig | None = None,
 ) -> dict[str, list[float]]:
-    """Hold `count` requests one after another, approve each, and time its way to the upstream."""
+    """Hold `count` requests one after another, approve each (on the approvals API, or with a
+    click in Slack), and time its way to the upstream."""
     held = HeldClients(proxy)
     created: dict[str, asyncio.Future[str]] = {}
     connected = asyncio.Event()
@@ -161,9 +216,18 @@ async def resume_latencies(
             created[f"held-{name}"] = asyncio.get_running_loop().create_future()
             tunnel = await held.open_one(name)
             hold_id = await asyncio.wait_for(created[f"held-{name}"], 30)
-            sent_at[name] = time.time()
-            hold = await page.approve(hold_id)
-            decided_at[name] = hold["decided_at"]
+            if slack is None:
+                sent_at[name] = time.time()
+                hold = await page.approve(hold_id)
+                decided_at[name] = hold["decided_at"]
+            else:
+                # click() first waits for the hold's Slack message; the clock starts at the send.
+                delivery = await slack.run(slack.sim.click(hold_id, ruleset.SLACK_REVIEWER))
+                await slack.run(slack.sim.wait_for(lambda d=delivery: d.acked, 10, "the ack"))
+                assert delivery.ack_latency is not None
+                to_wall = time.time() - time.monotonic()  # both clocks read on this host
+                sent_at[name] = delivery.sent_at + to_wall
+                decided_at[name] = delivery.sent_at + delivery.ack_latency + to_wall
             status, _ = await asyncio.wait_for(tunnel.read_response(), 30)
             answered_at[name] = time.time()
             tunnel.close()
@@ -184,13 +248,18 @@ async def resume_latencies(
     return out
 
 
-def print_resume(label: str, latencies: dict[str, list[float]]) -> float:
+def print_resume(label: str, latencies: dict[str, list[float]], slack: bool = False) -> float:
     p50 = rig.percentile(latencies["decision"], 50)
+    decision, sent = (
+        ("click acknowledged", "click sent")
+        if slack
+        else ("decision recorded", "approve POST sent")
+    )
     print(
-        f"  {label}: decision recorded -> upstream p50 {p50:.1f} ms, "
+        f"  {label}: {decision} -> upstream p50 {p50:.1f} ms, "
         f"p99 {rig.percentile(latencies['decision'], 99):.1f} ms  "
         f"(goal p50 < {RESUME_GOAL_MS:.0f} ms: {'met' if p50 < RESUME_GOAL_MS else 'MISSED'}); "
-        f"approve POST sent -> upstream p50 {rig.percentile(latencies['post'], 50):.1f} ms, "
+        f"{sent} -> upstream p50 {rig.percentile(latencies['post'], 50):.1f} ms, "
         f"p99 {rig.percentile(latencies['post'], 99):.1f} ms; "
         f"-> agent has the answer p50 {rig.percentile(latencies['agent'], 50):.1f} ms"
     )
@@ -276,6 +345,18 @@ async def run(
         await page.close()
 
 
+async def slack_resumes(
+    proxy: rig.Proxy, upstream: rig.Upstream, count: int, slack: SlackRig
+) -> None:
+    page = Page(proxy)
+    try:
+        print(f"\napproval resume latency through Slack (Socket Mode), {count} holds:")
+        latencies = await resume_latencies(proxy, page, upstream, count, "slack", slack)
+        print_resume("0 other holds pending", latencies, slack=True)
+    finally:
+        await page.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--held", default="1000,10000")
@@ -296,10 +377,7 @@ def main() -> int:
     with rig.running_upstream(work) as upstream:
         home = work / "holdgate"
         config = ruleset.write_gateway_home(
-            home,
-            args.rules,
-            ruleset.Upstreams(upstream.url, upstream.ca),
-            approvals=True,
+            home, args.rules, ruleset.Upstreams(upstream.url, upstream.ca), approvals=True
         )
         proxy = rig.start_holdgate(home, config)
         try:
@@ -307,6 +385,23 @@ def main() -> int:
             asyncio.run(run(proxy, upstream, held_counts, args.resumes, args.seconds))
         finally:
             proxy.stop()
+        # Through Slack: a second gateway, the same rules, Slack approvals on (every hold is
+        # posted to the simulator, so the 10,000-hold runs above stay without it).
+        slack = SlackRig()
+        home = work / "holdgate-slack"
+        config = ruleset.write_gateway_home(
+            home,
+            args.rules,
+            ruleset.Upstreams(upstream.url, upstream.ca),
+            approvals=True,
+            slack=slack.section(),
+        )
+        proxy = rig.start_holdgate(home, config, env=SLACK_ENV)
+        try:
+            asyncio.run(slack_resumes(proxy, upstream, max(20, args.resumes // 2), slack))
+        finally:
+            proxy.stop()
+            slack.close()
     return 0
 
 

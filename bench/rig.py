@@ -225,8 +225,11 @@ def _wait_for_log(
     raise RuntimeError(f"proxy never printed {pattern.pattern!r}:\n{log.read_text()[-3000:]}")
 
 
-def start_holdgate(home: Path, config: Path, *extra: str) -> Proxy:
-    """`holdgate run --config FILE --listen-port 0`, its output going to home/gateway.log."""
+def start_holdgate(
+    home: Path, config: Path, *extra: str, env: dict[str, str] | None = None
+) -> Proxy:
+    """`holdgate run --config FILE --listen-port 0`, its output going to home/gateway.log
+    (`env`: extra environment variables)."""
     log = home / "gateway.log"
     started = time.monotonic()
     with log.open("wb") as out:
@@ -244,7 +247,7 @@ def start_holdgate(home: Path, config: Path, *extra: str) -> Proxy:
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=home,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
     port = int(_wait_for_log(process, log, LISTENING).group(2))
     proxy = Proxy("holdgate", process, port, home / "certs" / "mitmproxy-ca-cert.pem", log, 0.0)

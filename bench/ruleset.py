@@ -24,6 +24,8 @@ CONFIGMAP_PATH = "/api/v1/namespaces/bench/configmaps/x"
 # Held by `approve-bench-secrets` (GET of a Secret in `bench`); `{}` takes a unique name.
 HELD_PATH = "/api/v1/namespaces/bench/secrets/held-{}"
 HTTP_TARGETS = 20
+# The Slack user who may approve held benchmark requests (bench_holds.py, Slack simulator).
+SLACK_REVIEWER = "UBENCH"
 
 # (apiGroup, resource) as agents touch them.
 RESOURCES = (
@@ -99,7 +101,7 @@ BASE_RULES: list[dict[str, Any]] = [
         "resources": ["secrets"],
         "verbs": ["get"],
         "namespaces": ["bench"],
-        "reviewers": ["local:admin"],
+        "reviewers": ["local:admin", f"slack:{SLACK_REVIEWER}"],
         "timeout": "30m",
     },
     {
@@ -283,8 +285,12 @@ def write_gateway_home(
     *,
     approvals: bool = True,
     fsync_before_response: bool = True,
+    slack: dict[str, Any] | None = None,
 ) -> Path:
-    """A config and rule files with `rules` policy rules under `home`; returns the config path."""
+    """A config and rule files with `rules` policy rules under `home`; returns the config path.
+
+    `slack`: the `approvals.slack` section (the Slack simulator's), if any.
+    """
     rules_dir = home / "rules"
     rules_dir.mkdir(parents=True, exist_ok=True)
     extra = max(0, rules - len(BASE_RULES))
@@ -334,6 +340,8 @@ def write_gateway_home(
     }
     if approvals:
         config["approvals"] = {"page": {"listen_host": "127.0.0.1", "listen_port": 0}}
+        if slack is not None:
+            config["approvals"]["slack"] = slack
     # The archive is always on: a local directory, fsync per batch before responses by default.
     config["archive"] = {
         "directory": str(home / "archive"),
