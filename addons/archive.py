@@ -26,17 +26,10 @@ from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http, version
 
-from addons.archive_store import (
-    MAX_PENDING,
-    WRITER_COMMAND,
-    ArchiveSettings,
-    Captured,
-    RequireFor,
-    frame,
-    is_privileged,
-    plain,
-    take_frames,
-)
+from addons.archive_records import Captured, plain
+from addons.archive_settings import ArchiveSettings, RequireFor, is_privileged
+from addons.archive_spool import MAX_PENDING
+from addons.archive_writer import WRITER_COMMAND, frame, take_frames
 
 log = logging.getLogger("holdgate.archive")
 

@@ -21,20 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from addons.archive_store import (
-    Altered,
-    ArchiveSettings,
-    Backend,
-    BackendError,
-    Kind,
-    atomic_write,
-    fetch,
-    make_backend,
-    read_manifest,
-    scan,
-    split_records,
-    verify,
-)
+from addons.archive_backends import Backend, BackendError, make_backend
+from addons.archive_layout import Kind
+from addons.archive_reading import Altered, fetch, read_manifest, scan, verify
+from addons.archive_settings import ArchiveSettings
+from addons.durable_files import atomic_write
+from addons.flow_format import split_records
 
 EXIT_PROBLEMS = 1
 EXIT_INVALID = 2

@@ -220,7 +220,7 @@ def load_config(path: Path | None = None) -> Config:
         if not p.exists():
             errors.append(doc.error(("rules", i), f"rule path {p} does not exist"))
     if "archive" in data:
-        from addons.archive_store import ArchiveSettings, ArchiveSettingsError
+        from addons.archive_settings import ArchiveSettings, ArchiveSettingsError
 
         try:
             ArchiveSettings.from_dict(data["archive"], base, base)

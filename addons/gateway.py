@@ -20,7 +20,7 @@ from mitmproxy import ctx, exceptions, http
 from addons.approval import HoldState
 from addons.approvals_addon import Approvals, admin_token, hold_record
 from addons.archive import Archive
-from addons.archive_store import ArchiveSettings, ArchiveSettingsError
+from addons.archive_settings import ArchiveSettings, ArchiveSettingsError
 from addons.config import Config, TargetKind, Upstream, load_config
 from addons.credentials import CredentialUnavailable
 from addons.flow_filter import compile_filter

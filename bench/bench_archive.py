@@ -57,7 +57,7 @@ class Decide:
 addons = [Decide()]
 if os.environ.get("BENCH_ARCHIVE"):
     from addons.archive import Archive
-    from addons.archive_store import ArchiveSettings
+    from addons.archive_settings import ArchiveSettings
 
     base = Path(os.environ["BENCH_BASE"])
     archive = Archive()
@@ -272,7 +272,7 @@ def bench_in_process(count: int) -> None:
     from mitmproxy.test import tflow
 
     from addons.archive import Archive
-    from addons.archive_store import ArchiveSettings
+    from addons.archive_settings import ArchiveSettings
 
     client, server = tflow.tclient_conn(), tflow.tserver_conn()  # one keep-alive connection
     flows = []

@@ -23,16 +23,13 @@ from mitmproxy.io import tnetstring
 from mitmproxy.test import tflow
 
 from addons.archive import Archive, ConnectionStates, WriterProcess, snapshot
-from addons.archive_store import (
-    ArchiveSettings,
-    ArchiveStore,
-    DirectoryBackend,
-    Spool,
-    dumps,
-    frame,
-    split_records,
-    verify,
-)
+from addons.archive_backends import DirectoryBackend
+from addons.archive_reading import verify
+from addons.archive_settings import ArchiveSettings
+from addons.archive_spool import Spool
+from addons.archive_store import ArchiveStore
+from addons.archive_writer import frame
+from addons.flow_format import dumps, split_records
 from tests.test_archive_store import (
     KUBE_GET,
     assert_no_canary,
@@ -430,7 +427,7 @@ def test_dumps_is_mitmproxys_format_byte_for_byte() -> None:
 
 def test_json_lines_of_the_index_are_valid(tmp_path: Path) -> None:
     # A quick check that index lines stay one JSON object per line whatever the URL holds.
-    from addons.archive_store import RecordOptions, Submission, encode
+    from addons.archive_records import RecordOptions, Submission, encode
 
     flow = canary_flow()
     flow.request.path = '/api/v1/namespaces/x/pods?labelSelector=a%3D"b"\n'

@@ -24,7 +24,10 @@ from mitmproxy.test import taddons, tflow
 
 from addons.archive import ReadOnlyViewer
 from addons.archive_cli import ReplayQuery, free_port, main, parse_when
-from addons.archive_store import ArchiveSettings, ArchiveStore, Submission, split_records
+from addons.archive_records import Submission
+from addons.archive_settings import ArchiveSettings
+from addons.archive_store import ArchiveStore
+from addons.flow_format import split_records
 from tests.test_archive_store import assert_no_canary, canary_flow, make_writable
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,16 +26,13 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
-from addons.archive_store import (
-    DATA_KINDS,
-    ArchiveSettings,
-    ArchiveStore,
-    Kind,
-    S3Backend,
-    Submission,
-    Uploader,
-    verify,
-)
+from addons.archive_backends import S3Backend
+from addons.archive_layout import DATA_KINDS, Kind
+from addons.archive_reading import verify
+from addons.archive_records import Submission
+from addons.archive_settings import ArchiveSettings
+from addons.archive_store import ArchiveStore
+from addons.archive_uploads import Uploader
 from tests.test_archive_store import assert_no_canary, canary_flow, read_flows, settings_for
 
 BIN = Path(sys.executable).parent
@@ -291,7 +288,7 @@ import os
 from pathlib import Path
 
 from addons.archive import Archive
-from addons.archive_store import ArchiveSettings
+from addons.archive_settings import ArchiveSettings
 
 base = Path(os.environ["HOLDGATE_TEST_BASE"])
 archive = Archive()

@@ -19,24 +19,14 @@ from mitmproxy import http
 from mitmproxy import io as mitmio
 from mitmproxy.test import tflow
 
-from addons.archive_store import (
-    ArchiveSettings,
-    ArchiveSettingsError,
-    ArchiveStore,
-    DirectoryBackend,
-    Kind,
-    RecordOptions,
-    RequireFor,
-    Spool,
-    SpoolWriter,
-    Submission,
-    Uploader,
-    encode,
-    is_privileged,
-    mask_header_value,
-    parse_key,
-    verify,
-)
+from addons.archive_backends import DirectoryBackend
+from addons.archive_layout import Kind, parse_key
+from addons.archive_reading import verify
+from addons.archive_records import RecordOptions, Submission, encode, mask_header_value
+from addons.archive_settings import ArchiveSettings, ArchiveSettingsError, RequireFor, is_privileged
+from addons.archive_spool import Spool, SpoolWriter
+from addons.archive_store import ArchiveStore
+from addons.archive_uploads import Uploader
 
 # Canary credentials: none of these (nor their base64 forms) may reach an archived byte.
 CANARY_BEARER = "CANARY-bearer-3f9a1c"
@@ -268,7 +258,7 @@ def test_settings_errors(tmp_path: Path, data: dict[str, Any], message: str) -> 
 
 def test_schema_matches_the_parser(tmp_path: Path) -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    from addons.archive_store import ARCHIVE_SCHEMA
+    from addons.archive_settings import ARCHIVE_SCHEMA
 
     good = {
         "directory": "var/archive",

@@ -664,7 +664,7 @@ def test_keyed_style_needs_a_real_secret() -> None:
             encode_object({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}),
             "protobuf",
         ),
-        (gzip.compress(b'{"data":{"k":"v"}}'), "gzip"),
+        (gzip.compress(b'{"data":{"k":"v"}}', mtime=0), "gzip"),
         (b'{"kind":"Secret","data":{"k":"' + CANARY.encode(), "truncated"),
         (b'{"kind":"Secret","data":{"k":"v"} junk}', "malformed"),
         (b'{"data":{"k":"\xff\xfe' + CANARY.encode() + b'"}}', "UTF-8"),
@@ -944,7 +944,7 @@ def test_request_protobuf_that_cannot_be_decoded_in_full_is_withheld() -> None:
         ("text/plain", f"password={CANARY}".encode()),
         ("application/x-www-form-urlencoded", f"token={CANARY}".encode()),
         ("application/cbor", b"\xa1\x64data" + CANARY.encode()),
-        ("application/json", gzip.compress(json.dumps({"data": {"k": CANARY}}).encode())),
+        ("application/json", gzip.compress(json.dumps({"data": {"k": CANARY}}).encode(), mtime=0)),
     ],
 )
 def test_request_bodies_that_cannot_be_parsed_are_withheld(content_type: str, body: bytes) -> None:
