@@ -1,4 +1,4 @@
-"""Shared fixtures: the real gateway as a subprocess, real TLS, the Kubernetes simulator."""
+"""Shared fixtures: the gateway subprocess, real TLS, the Kubernetes simulator, archive stores."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 
+from addons.archive_settings import ArchiveSettings
+from addons.archive_store import ArchiveStore
 from addons.sandbox.kube_sim import KubeSimulator, running_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,3 +266,19 @@ class Page:
 
     def _auth(self, token: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.admin}"}
+
+
+@pytest.fixture
+def store_factory() -> Iterator[Callable[..., ArchiveStore]]:
+    """Start stores; every one is stopped at the end."""
+    stores: list[ArchiveStore] = []
+
+    def start(settings: ArchiveSettings, gateway: str = "gw-test", **kwargs: Any) -> ArchiveStore:
+        store = ArchiveStore(settings, gateway, **kwargs)
+        store.start()
+        stores.append(store)
+        return store
+
+    yield start
+    for store in stores:
+        store.stop(timeout=5)

@@ -30,7 +30,7 @@ from addons.archive_spool import Spool
 from addons.archive_store import ArchiveStore
 from addons.archive_writer import frame
 from addons.flow_format import dumps, split_records
-from tests.test_archive_store import (
+from tests.archive_canaries import (
     KUBE_GET,
     assert_no_canary,
     canary_flow,

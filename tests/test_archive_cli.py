@@ -28,7 +28,7 @@ from addons.archive_records import Submission
 from addons.archive_settings import ArchiveSettings
 from addons.archive_store import ArchiveStore
 from addons.flow_format import split_records
-from tests.test_archive_store import assert_no_canary, canary_flow, make_writable
+from tests.archive_canaries import assert_no_canary, canary_flow, make_writable
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_750_000_000.0  # 2025-06-15T15:06:40Z

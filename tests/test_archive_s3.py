@@ -33,7 +33,7 @@ from addons.archive_records import Submission
 from addons.archive_settings import ArchiveSettings
 from addons.archive_store import ArchiveStore
 from addons.archive_uploads import Uploader
-from tests.test_archive_store import assert_no_canary, canary_flow, read_flows, settings_for
+from tests.archive_canaries import assert_no_canary, canary_flow, read_flows, settings_for
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
