@@ -293,6 +293,11 @@ class MaskRule:
     matchers: tuple[Matcher, ...] = field(default=(), compare=False, repr=False)
     keys: IndexKeys = field(default_factory=lambda: IndexKeys(), compare=False, repr=False)
 
+    @property
+    def where(self) -> str:
+        """FILE:LINE of the mask rule."""
+        return f"{self.source}:{self.line}"
+
     def matches(self, facts: RequestFacts) -> bool:
         """Masks apply unless a matcher rules the request out (when in doubt, mask)."""
         return all(m(facts) is not False for m in self.matchers)
@@ -844,6 +849,25 @@ class LoadedPolicy:
     masking: MaskPolicy = field(default_factory=lambda: MaskPolicy(()))
 
 
+def _first_use(
+    doc: Document,
+    location: tuple[str | int, ...],
+    what: str,
+    item: Rule | MaskRule,
+    seen: dict[str, Any],
+    errors: list[SourceError],
+) -> bool:
+    """Remember `item` under its id; False (and an error) when the id was used before."""
+    first = seen.get(item.id)
+    if first is not None:
+        errors.append(
+            doc.error(location, f"duplicate {what} id {item.id!r} (first at {first.where})")
+        )
+        return False
+    seen[item.id] = item
+    return True
+
+
 def load_policy(
     files: Iterable[Path],
     config: Config | None = None,
@@ -878,16 +902,8 @@ def load_policy(
             errors.extend(rule_errors)
             if rule is None:
                 continue
-            if rule.id in seen:
-                errors.append(
-                    doc.error(
-                        ("rules", i, "id"),
-                        f"duplicate rule id {rule.id!r} (first at {seen[rule.id].where})",
-                    )
-                )
-                continue
-            seen[rule.id] = rule
-            rules.append(rule)
+            if _first_use(doc, ("rules", i, "id"), "rule", rule, seen, errors):
+                rules.append(rule)
         for i, raw in enumerate(doc.data.get("masks") or []):
             mask_rule, mask_errors = _compile_mask_rule(
                 doc, i, raw, len(mask_rules), config, compile_filter
@@ -895,17 +911,8 @@ def load_policy(
             errors.extend(mask_errors)
             if mask_rule is None:
                 continue
-            if mask_rule.id in seen_masks:
-                first = seen_masks[mask_rule.id]
-                errors.append(
-                    doc.error(
-                        ("masks", i, "id"),
-                        f"duplicate mask id {mask_rule.id!r} (first at {first.source}:{first.line})",
-                    )
-                )
-                continue
-            seen_masks[mask_rule.id] = mask_rule
-            mask_rules.append(mask_rule)
+            if _first_use(doc, ("masks", i, "id"), "mask", mask_rule, seen_masks, errors):
+                mask_rules.append(mask_rule)
         tests.extend(
             _compile_test(doc, i, raw) for i, raw in enumerate(doc.data.get("tests") or [])
         )
