@@ -17,7 +17,6 @@ import asyncio
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
+
+import rig  # noqa: E402
 
 HARNESS = '''
 import json
@@ -99,34 +100,13 @@ server.serve_forever()
 ARCHIVE: dict[str, object] = {"rotate_bytes": 4 * 1024 * 1024, "rotate_seconds": 5}
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    """Block until 127.0.0.1:port accepts connections."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def start_proxy(
     work: Path, upstream: int, archive: dict[str, object] | None
 ) -> tuple[subprocess.Popen[bytes], int]:
     """mitmdump in reverse mode, with or without the archive addon."""
     script = work / "bench_harness.py"
     script.write_text(HARNESS)
-    port = free_port()
+    port = rig.free_port()
     env = {
         **os.environ,
         "BENCH_BASE": str(work),
@@ -153,7 +133,7 @@ def start_proxy(
         env=env,
         cwd=ROOT,
     )
-    wait_for_port(port)
+    rig.wait_for_port(port, process)
     return process, port
 
 
@@ -182,12 +162,6 @@ def load(port: int, clients: int, seconds: float) -> float:
     for t in threads:
         t.join(60)
     return sum(counts) / (time.perf_counter() - start)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -226,11 +200,11 @@ def bench_mitmdump(
                     try:
                         load(port, clients, 0.5)  # warm up
                         writers = children(process.pid)
-                        before = cpu_seconds(process.pid), sum(map(cpu_seconds, writers))
+                        before = rig.cpu_seconds(process.pid), sum(map(rig.cpu_seconds, writers))
                         started = time.perf_counter()
                         rate = load(port, clients, seconds)
                         elapsed = time.perf_counter() - started
-                        after = cpu_seconds(process.pid), sum(map(cpu_seconds, writers))
+                        after = rig.cpu_seconds(process.pid), sum(map(rig.cpu_seconds, writers))
                     finally:
                         process.terminate()
                         process.wait(30)

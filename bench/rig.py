@@ -164,14 +164,14 @@ class Proxy:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the process used so far."""
-        return _cpu_seconds(self.process.pid)
+        return cpu_seconds(self.process.pid)
 
     def tree_cpu_seconds(self) -> float:
         """CPU time of the process and its live descendants (the archive's writer process)."""
         total = 0.0
         for pid in [self.process.pid, *self.descendants()]:
             with contextlib.suppress(OSError):
-                total += _cpu_seconds(pid)
+                total += cpu_seconds(pid)
         return total
 
     def descendants(self) -> list[int]:
@@ -194,7 +194,8 @@ class Proxy:
         stop_process(self.process)
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
