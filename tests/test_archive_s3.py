@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from addons.archive_backends import S3Backend
+from addons.archive_cli import free_port
 from addons.archive_layout import DATA_KINDS, Kind
 from addons.archive_reading import verify
 from addons.archive_records import Submission
@@ -38,14 +39,6 @@ from tests.archive_canaries import assert_no_canary, canary_flow, read_flows, se
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "holdgate-test", "AWS_SECRET_ACCESS_KEY": "holdgate-test"}
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, timeout: float, process: subprocess.Popen[Any] | None = None) -> None:
