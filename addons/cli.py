@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from addons.config import EMBEDDED_DEFAULT, Config, load_config
-from addons.yaml_source import SourceError, SourceErrors
+from holdgate.config.gateway_config import EMBEDDED_DEFAULT, Config, load_config
+from holdgate.config.yaml_source import SourceError, SourceErrors
 
 EXIT_INVALID = 2
 
@@ -55,11 +55,11 @@ def missing_secrets(config: Config) -> list[SourceError]:
     """Secrets the configuration needs from the environment that are not set (errors)."""
     import os
 
-    from addons.yaml_source import load_yaml
+    from holdgate.config.yaml_source import load_yaml
 
     if config.approvals is None or config.approvals.slack is None:
         return []
-    from addons.slack_channel import SlackSettings
+    from holdgate.config.slack_settings import SlackSettings
 
     doc = load_yaml(config.path)
     missing = SlackSettings.from_dict(config.approvals.slack).missing_secrets(os.environ)
@@ -72,9 +72,9 @@ def missing_secrets(config: Config) -> list[SourceError]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from addons.flow_filter import compile_filter
-    from addons.policy import load_policy
-    from addons.rule_tests import run_rule_tests
+    from holdgate.policy.rule_tests import run_rule_tests
+    from holdgate.policy.rules import load_policy
+    from holdgate.request.flow_filter import compile_filter
 
     try:
         config = _config(args)
@@ -96,10 +96,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from addons.flow_filter import compile_filter
-    from addons.identity import Identity
-    from addons.policy import load_policy
-    from addons.rule_tests import decide_url
+    from holdgate.identity.agents import Identity
+    from holdgate.policy.rule_tests import decide_url
+    from holdgate.policy.rules import load_policy
+    from holdgate.request.flow_filter import compile_filter
 
     try:
         config = _config(args)
@@ -142,7 +142,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_ca(args: argparse.Namespace) -> int:
-    from addons.gateway_ca import ensure_ca
+    from holdgate.config.gateway_ca import ensure_ca
 
     try:
         config = _config(args)
@@ -153,9 +153,9 @@ def cmd_ca(args: argparse.Namespace) -> int:
 
 
 def cmd_kubeconfig(args: argparse.Namespace) -> int:
-    from addons.gateway_ca import ensure_ca
-    from addons.kubeconfig import INJECTED_PLACEHOLDER, KubeconfigError, agent_kubeconfig
-    from addons.state_files import write_private
+    from holdgate.config.gateway_ca import ensure_ca
+    from holdgate.config.state_files import write_private
+    from holdgate.kube.kubeconfig import INJECTED_PLACEHOLDER, KubeconfigError, agent_kubeconfig
 
     try:
         config = _config(args)
@@ -194,13 +194,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
         # Loaded once, here, so that errors are printed as `holdgate check` prints them.
-        from addons.gateway import addons as gateway_addons
+        from holdgate.gateway import addons as gateway_addons
 
         gateway_addons[0].prepare(config)
     except (SourceError, SourceErrors) as e:
         print("holdgate: refusing to start, the configuration is invalid:", file=sys.stderr)
         return _print_errors(e)
-    from addons.gateway_master import run
+    from holdgate.master import run
 
     host = args.listen_host or config.listen_host
     port = config.listen_port if args.listen_port is None else args.listen_port
@@ -223,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _approvals_client(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
     import os
 
-    from addons.approvals_addon import ADMIN_TOKEN_ENV, admin_token_path
+    from holdgate.config.state_files import ADMIN_TOKEN_ENV, admin_token_path
 
     config = _config(args)
     url = args.url
@@ -351,11 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--reason", required=True, help="why (the agent sees it)")
     p.set_defaults(func=cmd_approvals)
 
-    from addons.ledger_cli import add_commands as add_ledger_commands
+    from holdgate.ledger.cli import add_commands as add_ledger_commands
 
     add_ledger_commands(sub, config_help)
 
-    from addons.archive_cli import add_commands as add_archive_commands
+    from holdgate.archive.cli import add_commands as add_archive_commands
 
     add_archive_commands(sub)
     return parser

@@ -17,26 +17,26 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from addons.approval import HoldState
-from addons.approvals_addon import Approvals, admin_token, hold_record
-from addons.archive import Archive
-from addons.archive_settings import ArchiveSettings, ArchiveSettingsError
-from addons.config import Config, TargetKind, Upstream, load_config
-from addons.credentials import CredentialUnavailable
-from addons.flow_filter import compile_filter
-from addons.gateway_ca import ensure_ca
-from addons.identity import Identity
-from addons.metrics import GatewayMetrics
-from addons.ownership import Ownership
-from addons.policy import Action, Decision, LoadedPolicy, Rule, load_policy
-from addons.proxy_auth import ProxyAuth
-from addons.reaping import proxy_url_file
-from addons.redact import KUBERNETES_SECRET_MASKS, MaskSet, mask_request_body
-from addons.refusal import refusal
-from addons.request_facts import RequestFacts, build_facts
-from addons.response_masking import ResponseMasking, kind_hint
-from addons.state_files import secret_file, write_private
-from addons.yaml_source import SourceError, SourceErrors
+from holdgate.approvals.addon import Approvals, hold_record
+from holdgate.approvals.hold import HoldState
+from holdgate.archive.addon import Archive
+from holdgate.config.archive_settings import ArchiveSettings, ArchiveSettingsError
+from holdgate.config.gateway_ca import ensure_ca
+from holdgate.config.gateway_config import Config, TargetKind, Upstream, load_config
+from holdgate.config.state_files import admin_token, secret_file, write_private
+from holdgate.config.yaml_source import SourceError, SourceErrors
+from holdgate.identity.agents import Identity
+from holdgate.identity.proxy_auth import ProxyAuth
+from holdgate.identity.upstream_credentials import CredentialUnavailable
+from holdgate.ledger.ownership import Ownership
+from holdgate.ledger.reaping import proxy_url_file
+from holdgate.masking.masks import KUBERNETES_SECRET_MASKS, MaskSet, mask_request_body
+from holdgate.masking.responses import ResponseMasking, kind_hint
+from holdgate.metrics import GatewayMetrics
+from holdgate.policy.rules import Action, Decision, LoadedPolicy, Rule, load_policy
+from holdgate.request.facts import RequestFacts, build_facts
+from holdgate.request.flow_filter import compile_filter
+from holdgate.request.refusal import refusal
 
 log = logging.getLogger("holdgate")
 
@@ -226,6 +226,10 @@ class Gateway:
         target = state / "upstream-ca.pem"
         os.replace(tmp, target)
         return target
+
+    def proxy_address(self) -> str:
+        """host:port where agents reach this gateway."""
+        return proxy_address()
 
     def set_upstream(self, target: str, upstream: Upstream, ca: Path | None) -> None:
         """Route a target to an upstream known only at run time (the sandbox)."""
@@ -522,7 +526,7 @@ def _describe(facts: RequestFacts) -> str:
 
 
 def _addons() -> list[Any]:
-    from addons.sandbox.addon import Sandbox
+    from holdgate.sandbox.addon import Sandbox
 
     gateway = Gateway()
     # The archive comes last: it records flows after masking, streaming and holds.

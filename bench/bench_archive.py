@@ -57,8 +57,8 @@ class Decide:
 
 addons = [Decide()]
 if os.environ.get("BENCH_ARCHIVE"):
-    from addons.archive import Archive
-    from addons.archive_settings import ArchiveSettings
+    from holdgate.archive.addon import Archive
+    from holdgate.config.archive_settings import ArchiveSettings
 
     base = Path(os.environ["BENCH_BASE"])
     archive = Archive()
@@ -245,8 +245,8 @@ def bench_in_process(count: int) -> None:
     """The archive's cost on the event loop per flow, and the writer process's throughput."""
     from mitmproxy.test import tflow
 
-    from addons.archive import Archive
-    from addons.archive_settings import ArchiveSettings
+    from holdgate.archive.addon import Archive
+    from holdgate.config.archive_settings import ArchiveSettings
 
     client, server = tflow.tclient_conn(), tflow.tserver_conn()  # one keep-alive connection
     flows = []

@@ -289,8 +289,8 @@ def index_differs(config: Any, policy: Any) -> tuple[int, list[str]]:
     and how many were checked."""
     import random
 
-    from addons.identity import Identity
-    from addons.request_facts import build_facts
+    from holdgate.identity.agents import Identity
+    from holdgate.request.facts import build_facts
 
     n_rules = len(policy.rules)
     raw = ruleset.BASE_RULES + ruleset.generated_rules(max(0, n_rules - len(ruleset.BASE_RULES)))
@@ -340,7 +340,7 @@ def index_differs(config: Any, policy: Any) -> tuple[int, list[str]]:
 
 def _scan(rules: Any, facts: Any) -> Any:
     """Deny-overrides by looking at every rule: the reference the index must agree with."""
-    from addons.policy import Action, Decision
+    from holdgate.policy.rules import Action, Decision
 
     matching = [r for r in rules if r.matches(facts)]
     for action in (Action.DENY, Action.APPROVE, Action.ALLOW):
@@ -354,13 +354,13 @@ def decision_cost(work: Path, n: int) -> tuple[float, int, int, float, float, fl
     """Load time, candidate rules, requests checked against a full scan, and microseconds per
     request: Policy.decide alone; what the gateway's request hook computes (classification,
     decision, masks); `decide_url`."""
-    from addons.config import load_config
-    from addons.flow_filter import compile_filter
-    from addons.identity import Identity
-    from addons.policy import Action, load_policy
-    from addons.request_facts import build_facts
-    from addons.rule_tests import decide_url
-    from addons.sandbox.kube_tls import ensure_tls
+    from holdgate.config.gateway_config import load_config
+    from holdgate.identity.agents import Identity
+    from holdgate.policy.rule_tests import decide_url
+    from holdgate.policy.rules import Action, load_policy
+    from holdgate.request.facts import build_facts
+    from holdgate.request.flow_filter import compile_filter
+    from holdgate.sandbox.kube_tls import ensure_tls
 
     ca = ensure_tls(work / "upstream-tls").ca_cert
     identity = Identity(ruleset.BENCH_AGENT, groups=("bench",))

@@ -17,7 +17,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from addons.redact import (  # noqa: E402
+from holdgate.masking.masks import (  # noqa: E402
     KUBERNETES_SECRET_MASKS,
     LAST_APPLIED,
     MaskStyle,

@@ -119,7 +119,7 @@ class Upstream:
 def running_upstream(work: Path) -> Iterator[Upstream]:
     """Start the upstream with its own CA and server certificate (the sandbox's TLS helper:
     localhost, 127.0.0.1 and kubernetes.default.svc); stopped on exit."""
-    from addons.sandbox.kube_tls import ensure_tls
+    from holdgate.sandbox.kube_tls import ensure_tls
 
     tls = ensure_tls(work / "upstream-tls")
     process = subprocess.Popen(

@@ -20,9 +20,9 @@ import httpx
 import pytest
 import yaml
 
-from addons.archive_settings import ArchiveSettings
-from addons.archive_store import ArchiveStore
-from addons.sandbox.kube_sim import KubeSimulator, running_simulator
+from holdgate.archive.store import ArchiveStore
+from holdgate.config.archive_settings import ArchiveSettings
+from holdgate.sandbox.kube_sim import KubeSimulator, running_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

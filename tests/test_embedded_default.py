@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from addons.sandbox.kube_sim import KubeSimulator
+from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.conftest import (
     BIN,
     KUBECTL,

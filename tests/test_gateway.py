@@ -15,8 +15,8 @@ import kubernetes
 import pytest
 import yaml
 
-from addons.kube_protobuf import CONTENT_TYPE as PROTOBUF
-from addons.sandbox.kube_sim import KubeSimulator
+from holdgate.kube.protobuf import CONTENT_TYPE as PROTOBUF
+from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.conftest import (
     BIN,
     KUBECTL,

@@ -5,18 +5,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import yaml
 
-from addons.config import Upstream, parse_upstream
-from addons.gateway_ca import ca_cert_path
-from addons.kubeconfig import INJECTED_PLACEHOLDER, simple_kubeconfig
-from addons.state_files import secret_file, write_private
+from holdgate.config.gateway_ca import ca_cert_path
+from holdgate.config.gateway_config import Upstream, parse_upstream
+from holdgate.config.state_files import secret_file, write_private
+from holdgate.kube.kubeconfig import INJECTED_PLACEHOLDER, simple_kubeconfig
 
 if TYPE_CHECKING:
-    from addons.gateway import Gateway
-    from addons.sandbox.kube_sim import KubeSimulator
+    from holdgate.config.gateway_config import Config
+    from holdgate.sandbox.kube_sim import KubeSimulator
 
 log = logging.getLogger("holdgate")
 
@@ -39,10 +39,21 @@ def agent_kubeconfig_path(state_dir: Path) -> Path:
     return state_dir / "agent.kubeconfig"
 
 
+class SandboxHost(Protocol):
+    """What the sandbox needs of the gateway that runs it (the gateway hands itself over)."""
+
+    @property
+    def config(self) -> Config | None: ...
+
+    def set_upstream(self, target: str, upstream: Upstream, ca: Path | None) -> None: ...
+
+    def proxy_address(self) -> str: ...
+
+
 class Sandbox:
     """Starts the simulator on the gateway's loop when the config names a sandbox target."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: SandboxHost) -> None:
         self.gateway = gateway
         self.simulator: KubeSimulator | None = None
 
@@ -50,7 +61,7 @@ class Sandbox:
         config = self.gateway.config
         if config is None or config.sandbox_target is None or self.simulator is not None:
             return
-        from addons.sandbox.kube_sim import KubeSimulator
+        from holdgate.sandbox.kube_sim import KubeSimulator
 
         target = config.target_named(config.sandbox_target)
         assert target is not None
@@ -60,9 +71,7 @@ class Sandbox:
         await self.simulator.start()
         upstream: Upstream = parse_upstream(self.simulator.url)
         self.gateway.set_upstream(target.name, upstream, self.simulator.ca_path)
-        from addons.gateway import proxy_address  # here: gateway.py builds this addon
-
-        address = proxy_address()
+        address = self.gateway.proxy_address()
         host = target.hosts[0]
         ca = ca_cert_path(config.certs_dir)
         agent = next(iter(config.agents.agents), None)

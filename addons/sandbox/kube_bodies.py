@@ -1,6 +1,6 @@
 """Request bodies as the apiserver decodes them: JSON, YAML and Kubernetes protobuf.
 
-Protobuf envelopes go through `addons.kube_protobuf`; for Pods and Deployments (what
+Protobuf envelopes go through `holdgate.kube.protobuf`; for Pods and Deployments (what
 `kubectl run` and `kubectl create deployment` send) the few spec fields those generators set
 are decoded here too, so the stored object is the one kubectl meant.
 """
@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from addons import kube_protobuf
-from addons.kube_protobuf import Fields, ProtobufError, parse_fields
-from addons.sandbox.kube_status import StatusError
+from holdgate.kube import protobuf as kube_protobuf
+from holdgate.kube.protobuf import Fields, ProtobufError, parse_fields
+from holdgate.sandbox.kube_status import StatusError
 
 Obj = dict[str, Any]
 

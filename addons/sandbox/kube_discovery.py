@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from addons.sandbox.kube_resources import GROUP_VERSIONS, ResourceType, resources_in
+from holdgate.sandbox.kube_resources import GROUP_VERSIONS, ResourceType, resources_in
 
 Obj = dict[str, Any]
 

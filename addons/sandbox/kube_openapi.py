@@ -14,8 +14,8 @@ import json
 from functools import cache
 from typing import Any
 
-from addons.sandbox.kube_patch import PatchSchema
-from addons.sandbox.kube_resources import GROUP_VERSIONS, ResourceType, resources_in
+from holdgate.sandbox.kube_patch import PatchSchema
+from holdgate.sandbox.kube_resources import GROUP_VERSIONS, ResourceType, resources_in
 
 Obj = dict[str, Any]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from addons.sandbox import kube_discovery
-from addons.sandbox.kube_resources import NAMESPACES, ResourceType, find_resource
+from holdgate.sandbox import kube_discovery
+from holdgate.sandbox.kube_resources import NAMESPACES, ResourceType, find_resource
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ assert on what the upstream actually received.
 
 Run it on an existing loop (`await sim.start()`), from synchronous code
 (`with running_simulator(token, cert_dir) as sim:`), or standalone:
-`python -m addons.sandbox.kube_sim --port 6443 --token T --cert-dir DIR`.
+`python -m holdgate.sandbox.kube_sim --port 6443 --token T --cert-dir DIR`.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ import yaml
 from aiohttp import web
 from multidict import MultiMapping
 
-from addons.sandbox import kube_discovery, kube_openapi
-from addons.sandbox.kube_bodies import decode_json, decode_object, decode_yaml, media_type
-from addons.sandbox.kube_exec import PROTOCOLS, ExecRecord, ExecRequest, serve_exec
-from addons.sandbox.kube_openapi import SchemaNav
-from addons.sandbox.kube_patch import (
+from holdgate.sandbox import kube_discovery, kube_openapi
+from holdgate.sandbox.kube_bodies import decode_json, decode_object, decode_yaml, media_type
+from holdgate.sandbox.kube_exec import PROTOCOLS, ExecRecord, ExecRequest, serve_exec
+from holdgate.sandbox.kube_openapi import SchemaNav
+from holdgate.sandbox.kube_patch import (
     APPLY_PATCH,
     JSON_PATCH,
     MERGE_PATCH,
@@ -52,7 +52,7 @@ from addons.sandbox.kube_patch import (
     merge_patch,
     strategic_merge,
 )
-from addons.sandbox.kube_resources import (
+from holdgate.sandbox.kube_resources import (
     DEPLOYMENTS,
     NAMESPACES,
     PODS,
@@ -63,10 +63,16 @@ from addons.sandbox.kube_resources import (
     table_columns,
     unknown_fields,
 )
-from addons.sandbox.kube_routing import Output, Target, aggregated_version, negotiate, parse_target
-from addons.sandbox.kube_status import StatusError
-from addons.sandbox.kube_store import Event, FieldSelector, KubeStore, LabelSelector
-from addons.sandbox.kube_tls import ensure_tls
+from holdgate.sandbox.kube_routing import (
+    Output,
+    Target,
+    aggregated_version,
+    negotiate,
+    parse_target,
+)
+from holdgate.sandbox.kube_status import StatusError
+from holdgate.sandbox.kube_store import Event, FieldSelector, KubeStore, LabelSelector
+from holdgate.sandbox.kube_tls import ensure_tls
 
 Obj = dict[str, Any]
 
@@ -1053,9 +1059,9 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m addons.sandbox.kube_sim --port 6443 --token T --cert-dir DIR`."""
+    """`python -m holdgate.sandbox.kube_sim --port 6443 --token T --cert-dir DIR`."""
     parser = argparse.ArgumentParser(
-        prog="python -m addons.sandbox.kube_sim", description="Simulated Kubernetes API server."
+        prog="python -m holdgate.sandbox.kube_sim", description="Simulated Kubernetes API server."
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from addons.sandbox.kube_resources import ResourceType
+from holdgate.sandbox.kube_resources import ResourceType
 
 Obj = dict[str, Any]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from addons.sandbox.kube_resources import (
+from holdgate.sandbox.kube_resources import (
     CONFIGMAPS,
     NAMESPACES,
     RESOURCES,
@@ -36,7 +36,7 @@ from addons.sandbox.kube_resources import (
     refresh_status,
     validate,
 )
-from addons.sandbox.kube_status import StatusError
+from holdgate.sandbox.kube_status import StatusError
 
 Obj = dict[str, Any]
 

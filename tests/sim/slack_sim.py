@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import web
 
-from addons.slack_messages import APPROVE_ACTION, DENY_ACTION
+from holdgate.approvals.slack.messages import APPROVE_ACTION, DENY_ACTION
 
 T = TypeVar("T")
 

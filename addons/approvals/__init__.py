@@ -1,0 +1,8 @@
+"""Held requests and their reviews.
+
+`hold`: the approval state machine of one held request (pure). `desk`: holds requests on
+asyncio futures until a channel's reviewers decide. `page`: the gateway's own approvals page
+and API. `slack/`: the Slack channel (messages and transport). `addon`: the mitmproxy side.
+
+May import `config`, `request`, `masking`, `policy` and the top-level `metrics`.
+"""

@@ -1,0 +1,205 @@
+"""The mitmproxy side of approvals: hold flows on the desk, serve the page, run the channels."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import connection, http
+
+from holdgate.approvals.desk import ApprovalDesk, Channel, HoldSpec
+from holdgate.approvals.hold import Hold, request_digest
+from holdgate.approvals.page import ApprovalsPage, LocalReviewer
+from holdgate.config.gateway_config import Config
+from holdgate.config.state_files import admin_token, admin_token_path
+from holdgate.masking.masks import MaskSet, mask_request_body
+from holdgate.masking.responses import kind_hint
+from holdgate.metrics import GatewayMetrics
+from holdgate.policy.rules import Decision
+from holdgate.request.facts import RequestFacts
+
+log = logging.getLogger("holdgate")
+
+REASON_HEADER = "X-Holdgate-Reason"
+MAX_REASON = 500
+MAX_EXCERPT = 2000
+
+
+class Approvals:
+    """Holds requests of approve rules until a channel decides; serves the approvals page."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+        self.desk: ApprovalDesk | None = None
+        self.page: ApprovalsPage | None = None
+        self.channels: list[Channel] = []
+        self.config: Config | None = None
+        self.desk_url = ""
+        self.port_override = -1
+        self.slack_settings: Any = None
+
+    def configure_from(self, config: Config, port_override: int = -1) -> None:
+        """Set up from a loaded configuration (approvals off when it has no `approvals`)."""
+        self.config = config
+        self.port_override = port_override
+        if config.approvals is None:
+            self.desk = None
+            return
+        if config.approvals.slack is not None:
+            from holdgate.config.slack_settings import SlackSettings
+
+            settings = SlackSettings.from_dict(config.approvals.slack)  # ValueError: config error
+            missing = settings.missing_secrets(os.environ)
+            if missing:
+                raise ValueError(
+                    "approvals.slack: environment variable(s) not set: " + ", ".join(missing)
+                )
+            self.slack_settings = settings
+        if self.desk is None:
+            self.desk = ApprovalDesk()
+            self.desk.on_decided.append(self._count)
+            self.metrics.count_pending(lambda: len(self.desk.pending()) if self.desk else 0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.desk is not None
+
+    def _count(self, hold: Hold) -> None:
+        self.metrics.hold_decisions.labels(str(hold.state), hold.rule_id).inc()
+        self.metrics.hold_wait.observe(hold.waited)
+
+    async def running(self) -> None:
+        if self.desk is None or self.config is None or self.page is not None:
+            return
+        settings = self.config.approvals
+        assert settings is not None
+        token = admin_token(self.config.state_dir)
+        self.page = ApprovalsPage(
+            self.desk,
+            admin_token=token,
+            reviewers=tuple(LocalReviewer(n, d) for n, d in settings.local_reviewers),
+            registry=self.metrics.registry,
+        )
+        wanted = settings.page_port if self.port_override < 0 else self.port_override
+        port = await self.page.start(settings.page_host, wanted)
+        host = (
+            settings.page_host if settings.page_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        )
+        self.desk_url = f"http://{host}:{port}/"
+        loopback = settings.page_host in ("127.0.0.1", "localhost", "::1")
+        shown = (
+            f"admin token: {token}"
+            if loopback
+            else f"admin token in {admin_token_path(self.config.state_dir)}"
+        )
+        log.info("holdgate approvals page listening at %s (%s)", self.desk_url, shown)
+        _write_desk_file(self.config.state_dir, self.desk_url)
+        if self.slack_settings is not None:
+            from holdgate.approvals.slack.channel import SlackChannel
+
+            self.channels.append(SlackChannel(self.slack_settings))
+        for channel in self.channels:
+            try:
+                await channel.start(self.desk)
+                self.desk.channels.append(channel)
+            except Exception as e:  # Slack down at start: holds still expire into denial
+                log.error("approval channel %s failed to start: %s", channel.name, e)
+
+    async def done(self) -> None:
+        # Cancel pending holds first, so every channel can still show the outcome.
+        if self.desk is not None:
+            await self.desk.cancel_all("the gateway is stopping")
+        for channel in self.channels:
+            try:
+                await channel.stop()
+            except Exception as e:
+                log.error("approval channel %s failed to stop: %s", channel.name, e)
+        self.channels = []
+        if self.page is not None:
+            await self.page.stop()
+            self.page = None
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        if self.desk is not None:
+            self.desk.cancel_client(client.id, "the client disconnected while waiting")
+
+    async def hold(
+        self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision, masks: MaskSet
+    ) -> Hold:
+        """Hold the flow until its request is decided; returns the final hold."""
+        assert self.desk is not None and decision.rule is not None
+        rule = decision.rule
+        request = flow.request
+        digest = request_digest(request.method, request.pretty_url, request.raw_content or b"")
+        identity = facts.identity
+        agent = identity.agent if identity else ""
+        summary: dict[str, Any] = {
+            "target": facts.target.name if facts.target else None,
+            "method": request.method,
+            "url": request.pretty_url,
+            "kubernetes": facts.kube.as_dict() if facts.kube else None,
+            "exec": {"command": list(facts.exec.command)} if facts.exec else None,
+            "identity": identity.as_dict() if identity else None,
+            "reason": request.headers.get(REASON_HEADER, "")[:MAX_REASON],
+            "body_excerpt": body_excerpt(facts, request, masks),
+        }
+        spec = HoldSpec(
+            rule_id=rule.id,
+            rule_description=rule.description,
+            reviewers=frozenset(rule.reviewers),
+            required=rule.required,
+            timeout=rule.timeout,
+            window=rule.window,
+            escalate_after=rule.escalate_after,
+        )
+        flow.marked = ":lock:"
+        return await self.desk.hold(
+            spec,
+            digest=digest,
+            agent=agent,
+            owner=identity.owner if identity else "",
+            summary=summary,
+            client_id=flow.client_conn.id,
+        )
+
+    def window_covers(self, flow: http.HTTPFlow, facts: RequestFacts) -> str | None:
+        """The hold whose approval window covers this identical request, if any."""
+        if self.desk is None:
+            return None
+        request = flow.request
+        digest = request_digest(request.method, request.pretty_url, request.raw_content or b"")
+        agent = facts.identity.agent if facts.identity else ""
+        return self.desk.window_covers(agent, digest)
+
+
+def body_excerpt(facts: RequestFacts, request: http.Request, masks: MaskSet) -> str:
+    """What reviewers see of a body: masked, or withheld whole when it cannot be masked."""
+    body = request.raw_content or b""
+    if not body:
+        return ""
+    kind = kind_hint(facts)
+    content_type = request.headers.get("content-type", "")
+    if request.headers.get("content-encoding", "identity") not in ("", "identity"):
+        return f"({len(body)} bytes, content-encoded; withheld)"
+    result = mask_request_body(content_type, body, masks, kind=kind)
+    if result.replaced_whole:
+        return f"({len(body)} bytes; withheld: {result.reason})"
+    text = result.body.decode("utf-8", "replace")
+    if len(text) > MAX_EXCERPT:
+        text = text[:MAX_EXCERPT] + f"... ({len(text) - MAX_EXCERPT} more characters)"
+    return text
+
+
+def _write_desk_file(state_dir: Path, url: str) -> None:
+    path = state_dir / "approvals-url"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(url + "\n")
+
+
+def hold_record(hold: Hold) -> dict[str, Any]:
+    """The hold as stored in flow metadata (without the request facts already there)."""
+    record = hold.as_dict()
+    record.pop("request", None)
+    return record

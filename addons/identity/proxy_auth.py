@@ -1,0 +1,85 @@
+"""Agent authentication at the proxy: 407 without valid credentials, identity per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+
+from mitmproxy import connection, http
+
+from holdgate.identity.agents import AgentDirectory, AuthError, Identity
+
+log = logging.getLogger("holdgate")
+
+PROXY_AUTHORIZATION = "Proxy-Authorization"
+
+
+def proxy_auth_required(message: str) -> http.Response:
+    """The 407 an HTTP client understands (it may retry with credentials)."""
+    return http.Response.make(
+        407,
+        f"holdgate: {message}\n".encode(),
+        {"Proxy-Authenticate": 'Basic realm="holdgate"', "Content-Type": "text/plain"},
+    )
+
+
+class ProxyAuth:
+    """Checks Proxy-Authorization on CONNECT and on plain proxied requests; strips it."""
+
+    def __init__(self) -> None:
+        self.directory = AgentDirectory((), ())
+        # Identities proven on a connection (CONNECT), with the credential's expiry.
+        self._by_client: weakref.WeakKeyDictionary[
+            connection.Client, tuple[Identity, float | None]
+        ] = weakref.WeakKeyDictionary()
+
+    @property
+    def enabled(self) -> bool:
+        return self.directory.enabled
+
+    async def _authenticate(self, header: str | None) -> tuple[Identity, float | None]:
+        if self.directory.issuers:
+            # JWKS may have to be fetched: keep blocking I/O off the event loop.
+            return await asyncio.to_thread(self.directory.authenticate, header)
+        return self.directory.authenticate(header)
+
+    async def check_connect(self, flow: http.HTTPFlow) -> bool:
+        """Authenticate a CONNECT; on failure set a 407 and return False."""
+        header = flow.request.headers.get(PROXY_AUTHORIZATION)
+        flow.request.headers.pop(PROXY_AUTHORIZATION, None)
+        if not self.enabled and header is None:
+            return True  # anonymous mode: no agents declared
+        try:
+            self._by_client[flow.client_conn] = await self._authenticate(header)
+        except AuthError as e:
+            self._refuse(flow, str(e))
+            return False
+        return True
+
+    async def identity_for(self, flow: http.HTTPFlow) -> Identity | None:
+        """The request's agent; sets a 407 and returns None when it has none. Strips the header."""
+        header = flow.request.headers.get(PROXY_AUTHORIZATION)
+        flow.request.headers.pop(PROXY_AUTHORIZATION, None)
+        if not self.enabled and header is None and flow.client_conn not in self._by_client:
+            return None  # anonymous mode: no agents declared
+        try:
+            if header is not None:  # a plain-HTTP proxied request carries its own credentials
+                identity, expires = await self._authenticate(header)
+            elif flow.client_conn in self._by_client:
+                identity, expires = self._by_client[flow.client_conn]
+            else:
+                raise AuthError(
+                    "proxy authentication required: set agent credentials in the proxy URL"
+                )
+            if expires is not None and time.time() > expires:
+                raise AuthError("the token has expired; reconnect with a fresh one")
+        except AuthError as e:
+            self._refuse(flow, str(e))
+            return None
+        return identity
+
+    def _refuse(self, flow: http.HTTPFlow, message: str) -> None:
+        flow.response = proxy_auth_required(message)
+        log.info("407 %s %s: %s", flow.request.method, flow.request.pretty_host, message)

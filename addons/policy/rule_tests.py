@@ -1,0 +1,82 @@
+"""Run the `tests:` written beside rules through the same policy the gateway uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from holdgate.config.gateway_config import Config
+from holdgate.identity.agents import Identity
+from holdgate.policy.rules import Decision, LoadedPolicy, RuleTest
+from holdgate.request.facts import build_facts
+from holdgate.request.flow_filter import make_flow
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTestFailure:
+    """A rule test whose decision differs from what it expects."""
+
+    test: RuleTest
+    decision: Decision
+
+    def __str__(self) -> str:
+        got = f"{self.decision.action} by {self.decision.rule.id if self.decision.rule else 'no rule (default)'}"
+        want = str(self.test.expect)
+        if self.test.check_rule:
+            want += f" by {self.test.rule or 'no rule (default)'}"
+        return (
+            f"{self.test.source}:{self.test.line}: test {self.test.name!r}: "
+            f"expected {want}, got {got} ({self.decision.reason})"
+        )
+
+
+def decide_url(
+    config: Config,
+    loaded: LoadedPolicy,
+    method: str,
+    url: str,
+    *,
+    body: bytes = b"",
+    content_type: str = "",
+    identity: Identity | None = None,
+) -> tuple[Decision, object]:
+    """Classify and decide one request given as METHOD URL, as the gateway would."""
+    parts = urlsplit(url)
+    headers = {"content-type": content_type} if content_type else {}
+    flow = make_flow(method, url, headers, body)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    facts = build_facts(
+        config,
+        method=method,
+        host=parts.hostname or "",
+        port=port,
+        path_and_query=path,
+        content_type=content_type,
+        body=body,
+        identity=identity,
+        flow=flow,
+    )
+    return loaded.policy.decide(facts, config), facts
+
+
+def run_rule_tests(config: Config, loaded: LoadedPolicy) -> list[RuleTestFailure]:
+    """Every rule test whose outcome differs from its expectation."""
+    failures = []
+    for test in loaded.tests:
+        identity = Identity(agent=test.agent, groups=test.groups) if test.agent else None
+        decision, _ = decide_url(
+            config,
+            loaded,
+            test.method,
+            test.url,
+            body=test.body,
+            content_type=test.content_type,
+            identity=identity,
+        )
+        got_rule = decision.rule.id if decision.rule else None
+        if decision.action is not test.expect or (test.check_rule and got_rule != test.rule):
+            failures.append(RuleTestFailure(test, decision))
+    return failures

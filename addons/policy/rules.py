@@ -1,0 +1,913 @@
+"""What decides: rule compilation and the decision for one request. Pure: no mitmproxy here.
+
+Evaluation order (deny-overrides): every rule that matches a request is considered, and the
+most restrictive action wins: deny, then approve, then allow. Among rules with the same action
+the first in load order (files by name, rules top to bottom) is the one reported. A request no
+rule matches gets its target's `default`; a host no target declares gets the config's `default`.
+
+A matcher that cannot tell (the body cannot be read, the request spans every namespace, the
+name or the agent is unknown) counts against the request: deny and approve rules match, allow
+rules do not. So a request the gateway cannot fully parse never gets more access than one it can.
+
+An index (`RuleIndex`) keeps the cost per request flat in the number of rules: it rules out,
+by exact target, resource, verb, namespace and agent, the rules whose matchers would say no,
+and never changes a decision.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
+from jsonpath_ng.ext import parse as parse_jsonpath
+
+from holdgate.config.gateway_config import Config, TargetKind, schema_errors
+from holdgate.config.yaml_source import Document, SourceError, SourceErrors, load_yaml
+from holdgate.masking.masks import (
+    EMPTY_MASKS,
+    KUBERNETES_SECRET_MASKS,
+    MaskError,
+    Masking,
+    MaskSet,
+    MaskStyle,
+    compile_masks,
+)
+from holdgate.request.facts import RequestFacts
+
+
+class Action(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVE = "approve"
+
+
+# Lower is more restrictive; the most restrictive matching rule decides.
+_RESTRICTIVENESS = {Action.DENY: 0, Action.APPROVE: 1, Action.ALLOW: 2}
+
+# exec/attach/portforward: since Kubernetes 1.31 the apiserver authorizes a WebSocket GET as
+# `create`, so a rule naming either verb must catch both transports.
+_CONNECT_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
+
+DEFAULT_APPROVAL_TIMEOUT = 600.0
+
+# A matcher answers True, False, or None when it cannot tell.
+Matcher = Callable[[RequestFacts], bool | None]
+FilterCompiler = Callable[[str], Callable[[Any], bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One compiled policy rule."""
+
+    id: str
+    action: Action
+    description: str
+    message: str
+    source: str
+    line: int
+    order: int
+    reviewers: tuple[str, ...] = ()
+    required: int = 1
+    timeout: float = DEFAULT_APPROVAL_TIMEOUT
+    window: float = 0.0
+    escalate_after: float | None = None
+    ttl: float | None = None
+    matchers: tuple[Matcher, ...] = field(default=(), compare=False, repr=False)
+    # For the index: the exact values this rule is limited to.
+    keys: IndexKeys = field(default_factory=lambda: IndexKeys(), compare=False, repr=False)
+
+    @property
+    def where(self) -> str:
+        """FILE:LINE of the rule."""
+        return f"{self.source}:{self.line}"
+
+    def matches(self, facts: RequestFacts) -> bool:
+        """Whether the rule applies; an undecidable matcher counts against the request."""
+        unknown = False
+        for matcher in self.matchers:
+            result = matcher(facts)
+            if result is False:
+                return False
+            if result is None:
+                unknown = True
+        return not unknown or self.action is not Action.ALLOW
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one request and why."""
+
+    action: Action
+    rule: Rule | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-data form for flow metadata and `holdgate explain`."""
+        out: dict[str, Any] = {
+            "action": str(self.action),
+            "rule": self.rule.id if self.rule else None,
+            "reason": self.reason,
+        }
+        if self.rule is not None:
+            out["rule_source"] = self.rule.where
+            if self.rule.action is Action.APPROVE:
+                out["reviewers"] = list(self.rule.reviewers)
+                out["required"] = self.rule.required
+                out["timeout_seconds"] = self.rule.timeout
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTest:
+    """An expected decision written beside the rules (`tests:` in a rule file)."""
+
+    name: str
+    method: str
+    url: str
+    expect: Action
+    rule: str | None
+    check_rule: bool
+    agent: str | None
+    groups: tuple[str, ...]
+    body: bytes
+    content_type: str
+    source: str
+    line: int
+
+
+class Policy:
+    """An immutable, indexed rule set."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules: tuple[Rule, ...] = tuple(sorted(rules, key=lambda r: r.order))
+        # An undecidable matcher lets deny and approve rules match, never allow rules.
+        self._index = RuleIndex(
+            [r.keys for r in self.rules], [r.action is not Action.ALLOW for r in self.rules]
+        )
+        # Bit i is self.rules[i]; the most restrictive action first (deny-overrides).
+        self._by_action = tuple(
+            _bits(i for i, r in enumerate(self.rules) if r.action is action)
+            for action in sorted(Action, key=_RESTRICTIVENESS.__getitem__)
+        )
+
+    def candidates(self, facts: RequestFacts) -> Iterator[Rule]:
+        """Rules that could match, in load order: the index rules out the others."""
+        return (self.rules[i] for i in _indices(self._index.compatible(facts)))
+
+    def decide(self, facts: RequestFacts, config: Config) -> Decision:
+        """The decision for one request."""
+        if facts.problem:
+            return Decision(Action.DENY, None, f"refused: {facts.problem}")
+        if facts.target is None:
+            action = Action(config.default)
+            return Decision(
+                action,
+                None,
+                f"host {facts.host}:{facts.port} is not a declared target; default {action}",
+            )
+        compatible = self._index.compatible(facts)
+        # The most restrictive action among matching rules wins; within it, the first in load order.
+        for of_action in self._by_action:
+            for i in _indices(compatible & of_action):
+                rule = self.rules[i]
+                if rule.matches(facts):
+                    return Decision(rule.action, rule, _reason(rule))
+        action = Action(facts.target.default)
+        return Decision(
+            action, None, f"no rule matched; target {facts.target.name} default {action}"
+        )
+
+
+# --- the index ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IndexKeys:
+    """The exact values a rule is limited to, per indexed field (None: not limited, or globs)."""
+
+    targets: tuple[str, ...] | None = None
+    resources: tuple[str, ...] | None = None
+    verbs: tuple[str, ...] | None = None
+    namespaces: tuple[str, ...] | None = None
+    agents: tuple[str, ...] | None = None
+
+
+_DIMENSIONS = ("targets", "resources", "verbs", "namespaces", "agents")
+# What a request presents on one dimension: keys (none at all: only unlimited rules can match),
+# or UNKNOWN (the matcher cannot tell: lenient rules can match whatever they are limited to).
+UNKNOWN = None
+RequestKeys = tuple[str, ...] | None
+
+
+def request_keys(facts: RequestFacts) -> tuple[RequestKeys, ...]:
+    """The request's values on each indexed dimension, as the matchers below read them."""
+    kube = facts.kube
+    target: RequestKeys = (facts.target.name,) if facts.target is not None else ()
+    agent: RequestKeys = (facts.identity.agent,) if facts.identity is not None else UNKNOWN
+    if kube is None:
+        return (target, (), (), (), agent)
+    verbs: RequestKeys = (kube.verb,)
+    if kube.subresource in _CONNECT_SUBRESOURCES and kube.resource == "pods":
+        verbs = (kube.verb, "create", "get")
+    if not kube.resource_request:
+        return (target, (), verbs, (), agent)
+    namespace = kube.namespace
+    if not namespace and kube.resource == "namespaces" and not kube.api_group:
+        namespace = kube.name
+    resource = (_combined_resource(kube.resource, kube.subresource),)
+    return (target, resource, verbs, (namespace,) if namespace else UNKNOWN, agent)
+
+
+class RuleIndex:
+    """Which rules a request can match: per dimension, a bitset (bit i: rule i) of the rules
+    compatible with the request's value; the candidates are their intersection."""
+
+    def __init__(self, keys: list[IndexKeys], lenient: list[bool]) -> None:
+        self._dimensions: list[tuple[int, int, dict[str, int]]] = []
+        for name in _DIMENSIONS:
+            unlimited = lenient_limited = 0
+            by_key: dict[str, int] = {}
+            for i, rule_keys in enumerate(keys):
+                limited_to = getattr(rule_keys, name)
+                if limited_to is None:
+                    unlimited |= 1 << i
+                    continue
+                if lenient[i]:
+                    lenient_limited |= 1 << i
+                for key in limited_to:
+                    by_key[key] = by_key.get(key, 0) | 1 << i
+            self._dimensions.append((unlimited, unlimited | lenient_limited, by_key))
+        self._all = (1 << len(keys)) - 1
+
+    def compatible(self, facts: RequestFacts) -> int:
+        """The bitset of rules the request may match."""
+        out = self._all
+        for (unlimited, when_unknown, by_key), keys in zip(
+            self._dimensions, request_keys(facts), strict=True
+        ):
+            if keys is UNKNOWN:
+                out &= when_unknown
+                continue
+            compatible = unlimited
+            for key in keys:
+                compatible |= by_key.get(key, 0)
+            out &= compatible
+            if not out:
+                break
+        return out
+
+
+def _bits(indices: Iterable[int]) -> int:
+    out = 0
+    for i in indices:
+        out |= 1 << i
+    return out
+
+
+def _indices(bits: int) -> Iterator[int]:
+    """The set bits, lowest first."""
+    while bits:
+        low = bits & -bits
+        yield low.bit_length() - 1
+        bits ^= low
+
+
+@dataclass(frozen=True, slots=True)
+class MaskRule:
+    """Masks that apply to the requests a rule's matchers select."""
+
+    id: str
+    source: str
+    line: int
+    order: int
+    masks: MaskSet
+    keyed: bool = False
+    # False switches the built-in Secret masks off for matching requests.
+    secrets: bool | None = None
+    matchers: tuple[Matcher, ...] = field(default=(), compare=False, repr=False)
+    keys: IndexKeys = field(default_factory=lambda: IndexKeys(), compare=False, repr=False)
+
+    @property
+    def where(self) -> str:
+        """FILE:LINE of the mask rule."""
+        return f"{self.source}:{self.line}"
+
+    def matches(self, facts: RequestFacts) -> bool:
+        """Masks apply unless a matcher rules the request out (when in doubt, mask)."""
+        return all(m(facts) is not False for m in self.matchers)
+
+    def surely_matches(self, facts: RequestFacts) -> bool:
+        """Every matcher is sure: what switching masks off needs (a cluster-wide list is not sure)."""
+        return all(m(facts) is True for m in self.matchers)
+
+
+class MaskPolicy:
+    """Mask rules and the built-in Secret masks."""
+
+    def __init__(self, rules: Iterable[MaskRule], key: bytes | None = None) -> None:
+        self.rules = tuple(rules)
+        self.key = key
+        # When in doubt, mask: a matcher that cannot tell leaves every mask rule in.
+        self._index = RuleIndex([r.keys for r in self.rules], [True] * len(self.rules))
+        self._switches_off = _bits(i for i, r in enumerate(self.rules) if r.secrets is False)
+        # The merged masks of each combination of rules seen (few distinct ones in practice).
+        self._merged: dict[tuple[tuple[int, ...], bool], Masking] = {}
+
+    def for_request(self, facts: RequestFacts) -> Masking:
+        """The masks for one request (the Secret built-ins on Kubernetes targets, unless switched off)."""
+        compatible = self._index.compatible(facts)
+        chosen = tuple(i for i in _indices(compatible) if self.rules[i].matches(facts))
+        builtins = (
+            facts.target is not None
+            and facts.target.kind is TargetKind.KUBERNETES
+            and not any(
+                self.rules[i].surely_matches(facts)
+                for i in _indices(compatible & self._switches_off)
+            )
+            and _may_hold_secrets(facts)
+        )
+        cached = self._merged.get((chosen, builtins))
+        if cached is None:
+            if len(self._merged) >= _MERGED_CACHE:
+                self._merged.clear()
+            cached = self._merged[(chosen, builtins)] = self._merge(chosen, builtins)
+        return cached
+
+    def _merge(self, chosen: tuple[int, ...], builtins: bool) -> Masking:
+        rules = [self.rules[i] for i in chosen]
+        keyed = any(r.keyed for r in rules)
+        style = MaskStyle.keyed(self.key) if keyed and self.key else MaskStyle()
+        user = EMPTY_MASKS.merge(r.masks for r in rules)
+        # The built-ins run last: their base64-preserving masks must not be overwritten.
+        masks = user.merge([KUBERNETES_SECRET_MASKS]) if builtins else user
+        return Masking(
+            masks.with_style(style), tuple(r.id for r in rules if not r.masks.is_empty), builtins
+        )
+
+
+_MERGED_CACHE = 4096
+
+
+def _may_hold_secrets(facts: RequestFacts) -> bool:
+    """Whether a response can carry Secret objects (what the built-in masks are for)."""
+    kube = facts.kube
+    if kube is None:
+        return True  # not classified: assume it may
+    if not kube.resource_request:
+        return False
+    return kube.resource == "secrets" or kube.resource == "*"
+
+
+def _reason(rule: Rule) -> str:
+    if rule.action is Action.DENY:
+        return f"denied by rule {rule.id}: {rule.message or rule.description or 'no message'}"
+    if rule.action is Action.APPROVE:
+        return (
+            f"approval required by rule {rule.id}: {rule.description or rule.message or ''}".rstrip(
+                ": "
+            )
+        )
+    return f"allowed by rule {rule.id}"
+
+
+def _combined_resource(resource: str, subresource: str) -> str:
+    return f"{resource}/{subresource}" if subresource else resource
+
+
+# --- matchers -------------------------------------------------------------------------------
+
+
+def _globs(patterns: list[str]) -> Callable[[str], bool]:
+    exact = frozenset(p for p in patterns if not any(c in p for c in "*?["))
+    wild = tuple(p for p in patterns if p not in exact)
+    if "*" in wild:
+        return lambda value: True
+    return lambda value: value in exact or any(fnmatch.fnmatchcase(value, p) for p in wild)
+
+
+def _target_matcher(patterns: list[str]) -> Matcher:
+    match = _globs(patterns)
+    return lambda f: f.target is not None and match(f.target.name)
+
+
+def _kube_only(f: RequestFacts) -> bool | None:
+    return f.kube is not None
+
+
+def _api_groups_matcher(groups: list[str]) -> Matcher:
+    allowed = frozenset(groups)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.kube is None or not f.kube.resource_request:
+            return False
+        return "*" in allowed or f.kube.api_group in allowed
+
+    return match
+
+
+def _resources_matcher(resources: list[str]) -> Matcher:
+    """RBAC's ResourceMatches, plus `pods/*` for every subresource of pods."""
+    allowed = frozenset(resources)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.kube is None or not f.kube.resource_request:
+            return False
+        sub = f.kube.subresource
+        combined = _combined_resource(f.kube.resource, sub)
+        if "*" in allowed or combined in allowed:
+            return True
+        return bool(sub) and (f"*/{sub}" in allowed or f"{f.kube.resource}/*" in allowed)
+
+    return match
+
+
+def _verbs_matcher(verbs: list[str]) -> Matcher:
+    allowed = frozenset(verbs)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.kube is None:
+            return False
+        if "*" in allowed or f.kube.verb in allowed:
+            return True
+        return (
+            f.kube.subresource in _CONNECT_SUBRESOURCES
+            and f.kube.resource == "pods"
+            and ("create" in allowed or "get" in allowed)
+        )
+
+    return match
+
+
+def _resource_names_matcher(names: list[str]) -> Matcher:
+    allowed = frozenset(names)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.kube is None or not f.kube.resource_request:
+            return False
+        if not f.kube.name:
+            return None  # a list or a nameless create may cover the named objects
+        return f.kube.name in allowed
+
+    return match
+
+
+def _non_resource_matcher(urls: list[str]) -> Matcher:
+    exact = frozenset(u for u in urls if not u.endswith("*"))
+    prefixes = tuple(u[:-1] for u in urls if u.endswith("*"))
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.kube is None or f.kube.resource_request:
+            return False
+        return f.path in exact or f.path.startswith(prefixes)
+
+    return match
+
+
+def _namespaces_matcher(patterns: list[str]) -> Matcher:
+    match_ns = _globs(patterns)
+
+    def match(f: RequestFacts) -> bool | None:
+        kube = f.kube
+        if kube is None or not kube.resource_request:
+            return False
+        namespace = kube.namespace
+        if not namespace and kube.resource == "namespaces" and not kube.api_group:
+            namespace = (
+                kube.name
+            )  # a namespace is in itself (RequestInfo does so for all but create)
+        if not namespace:
+            return None  # cluster-wide: spans every namespace, including these
+        return match_ns(namespace)
+
+    return match
+
+
+def _agents_matcher(patterns: list[str]) -> Matcher:
+    match_agent = _globs(patterns)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.identity is None:
+            return None
+        return match_agent(f.identity.agent)
+
+    return match
+
+
+def _groups_matcher(patterns: list[str]) -> Matcher:
+    match_group = _globs(patterns)
+
+    def match(f: RequestFacts) -> bool | None:
+        if f.identity is None:
+            return None
+        return any(match_group(g) for g in f.identity.groups)
+
+    return match
+
+
+def _methods_matcher(methods: list[str]) -> Matcher:
+    allowed = frozenset(m.upper() for m in methods)
+    return lambda f: "*" in allowed or f.method in allowed
+
+
+def _paths_matcher(patterns: list[str]) -> Matcher:
+    match_path = _globs(patterns)
+    return lambda f: match_path(f.path)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyCondition:
+    """A JSONPath into the request body and what the value found there must be."""
+
+    expression: Any
+    equals: Any = None
+    has_equals: bool = False
+    pattern: re.Pattern[str] | None = None
+    exists: bool | None = None
+
+    def holds(self, document: Any) -> bool:
+        """Whether any value at the path satisfies the condition."""
+        values = [m.value for m in self.expression.find(document)] if document is not None else []
+        if self.exists is not None:
+            return bool(values) == self.exists
+        if self.has_equals:
+            return any(_same(v, self.equals) for v in values)
+        assert self.pattern is not None
+        return any(self.pattern.search(_as_text(v)) for v in values)
+
+
+def _same(a: Any, b: Any) -> bool:
+    # YAML `true` must not equal JSON 1 (Python says True == 1).
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _body_matcher(conditions: list[BodyCondition]) -> Matcher:
+    def match(f: RequestFacts) -> bool | None:
+        if f.body is None:
+            document = None
+        elif f.body.error or f.body.document is None:
+            return None  # unreadable, compressed, or a protobuf kind we cannot decode in full
+        else:
+            document = f.body.document
+        return all(c.holds(document) for c in conditions)
+
+    return match
+
+
+def _filter_matcher(predicate: Callable[[Any], bool]) -> Matcher:
+    def match(f: RequestFacts) -> bool | None:
+        if f.flow is None:
+            return None
+        return bool(predicate(f.flow))
+
+    return match
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_KUBE_FIELDS = ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs", "namespaces")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as 90s, 15m, 2h or 1h30m."""
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not m or not text:
+        raise ValueError(f"invalid duration {text!r}")
+    hours, minutes, seconds = (int(g or 0) for g in m.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def _compile_body(
+    doc: Document, loc: tuple[str | int, ...], items: list[dict[str, Any]]
+) -> tuple[list[BodyCondition], list[SourceError]]:
+    conditions, errors = [], []
+    for i, item in enumerate(items):
+        try:
+            expression = parse_jsonpath(item["path"])
+        except (JsonPathLexerError, JsonPathParserError, Exception) as e:
+            errors.append(doc.error(loc + (i, "path"), f"invalid JSONPath {item['path']!r}: {e}"))
+            continue
+        pattern = None
+        if "matches" in item:
+            try:
+                pattern = re.compile(item["matches"])
+            except re.error as e:
+                errors.append(
+                    doc.error(loc + (i, "matches"), f"invalid regex {item['matches']!r}: {e}")
+                )
+                continue
+        conditions.append(
+            BodyCondition(
+                expression=expression,
+                equals=item.get("equals"),
+                has_equals="equals" in item,
+                pattern=pattern,
+                exists=item.get("exists"),
+            )
+        )
+    return conditions, errors
+
+
+# Rule fields whose matcher is made from the field's value alone, in the order they are tried.
+_FIELD_MATCHERS: tuple[tuple[str, Callable[[Any], Matcher]], ...] = (
+    ("apiGroups", _api_groups_matcher),
+    ("resources", _resources_matcher),
+    ("verbs", _verbs_matcher),
+    ("resourceNames", _resource_names_matcher),
+    ("nonResourceURLs", _non_resource_matcher),
+    ("namespaces", _namespaces_matcher),
+    ("agents", _agents_matcher),
+    ("groups", _groups_matcher),
+    ("methods", _methods_matcher),
+    ("paths", _paths_matcher),
+)
+
+
+def _compile_matchers(
+    doc: Document,
+    loc: tuple[str | int, ...],
+    raw: dict[str, Any],
+    config: Config | None,
+    compile_filter: FilterCompiler | None,
+) -> tuple[list[Matcher], IndexKeys, list[SourceError]]:
+    """The matchers of a policy or mask rule, and the keys it is indexed under."""
+    errors: list[SourceError] = []
+    matchers: list[Matcher] = []
+    if "targets" in raw:
+        matchers.append(_target_matcher(raw["targets"]))
+        if config is not None:
+            for i, name in enumerate(raw["targets"]):
+                if not any(c in name for c in "*?[") and config.target_named(name) is None:
+                    errors.append(doc.error(loc + ("targets", i), f"unknown target {name!r}"))
+                elif (
+                    (t := config.target_named(name))
+                    and t.kind is not TargetKind.KUBERNETES
+                    and any(k in raw for k in _KUBE_FIELDS)
+                ):
+                    errors.append(
+                        doc.error(
+                            loc + ("targets", i),
+                            f"target {name!r} is not kubernetes; Kubernetes fields cannot match it",
+                        )
+                    )
+    if "resources" in raw and "nonResourceURLs" in raw:
+        errors.append(
+            doc.error(loc, "a rule has either resources or nonResourceURLs, as in RBAC, not both")
+        )
+    if any(k in raw for k in _KUBE_FIELDS):
+        matchers.append(_kube_only)
+    matchers.extend(make(raw[key]) for key, make in _FIELD_MATCHERS if key in raw)
+    if "body" in raw:
+        conditions, body_errors = _compile_body(doc, loc + ("body",), raw["body"])
+        errors.extend(body_errors)
+        matchers.append(_body_matcher(conditions))
+    if "filter" in raw:
+        if compile_filter is None:
+            matchers.append(lambda f: None)
+        else:
+            try:
+                matchers.append(_filter_matcher(compile_filter(raw["filter"])))
+            except ValueError as e:
+                errors.append(doc.error(loc + ("filter",), f"invalid filter expression: {e}"))
+    return matchers, _index_keys(raw), errors
+
+
+def _exact(patterns: list[str] | None, wildcards: str) -> tuple[str, ...] | None:
+    """The patterns as exact values, or None when any pattern is a wildcard."""
+    if patterns is None or any(c in p for p in patterns for c in wildcards):
+        return None
+    return tuple(patterns)
+
+
+def _index_keys(raw: dict[str, Any]) -> IndexKeys:
+    """The exact values the matchers of `raw` limit a request to (globs are not indexed)."""
+    return IndexKeys(
+        targets=_exact(raw.get("targets"), "*?["),
+        resources=_exact(raw.get("resources"), "*"),
+        verbs=_exact(raw.get("verbs"), "*"),
+        namespaces=_exact(raw.get("namespaces"), "*?["),
+        agents=_exact(raw.get("agents"), "*?["),
+    )
+
+
+def _compile_rule(
+    doc: Document,
+    index: int,
+    raw: dict[str, Any],
+    order: int,
+    config: Config | None,
+    compile_filter: FilterCompiler | None,
+) -> tuple[Rule | None, list[SourceError]]:
+    loc: tuple[str | int, ...] = ("rules", index)
+    action = Action(raw["action"])
+    matchers, keys, errors = _compile_matchers(doc, loc, raw, config, compile_filter)
+    durations: dict[str, float] = {}
+    for key in ("timeout", "window", "escalate_after", "ttl"):
+        if key in raw:
+            try:
+                durations[key] = parse_duration(raw[key])
+            except ValueError as e:
+                errors.append(doc.error(loc + (key,), str(e)))
+    timeout = durations.get("timeout", DEFAULT_APPROVAL_TIMEOUT)
+    if timeout <= 0:
+        errors.append(doc.error(loc + ("timeout",), "timeout must be longer than 0s"))
+    if action is Action.APPROVE:
+        if not raw.get("reviewers"):
+            errors.append(doc.error(loc, "an approve rule needs reviewers"))
+        elif raw.get("required", 1) > len(raw["reviewers"]) and not any(
+            r.startswith("slack-group:") for r in raw["reviewers"]
+        ):
+            errors.append(
+                doc.error(loc + ("required",), "more approvals required than reviewers listed")
+            )
+    else:
+        if action is Action.DENY and "ttl" in raw:
+            errors.append(
+                doc.error(
+                    loc + ("ttl",),
+                    "'ttl' applies to what allow and approve rules let agents create",
+                )
+            )
+        for key in ("reviewers", "required", "timeout", "window", "escalate_after"):
+            if key in raw:
+                errors.append(doc.error(loc + (key,), f"{key!r} only applies to approve rules"))
+    if errors:
+        return None, errors
+    return (
+        Rule(
+            id=raw["id"],
+            action=action,
+            description=raw.get("description", ""),
+            message=raw.get("message", ""),
+            source=str(doc.path),
+            line=doc.line_of(loc),
+            order=order,
+            reviewers=tuple(raw.get("reviewers", ())),
+            required=raw.get("required", 1),
+            timeout=timeout,
+            window=durations.get("window", 0.0),
+            escalate_after=durations.get("escalate_after"),
+            ttl=durations.get("ttl"),
+            matchers=tuple(matchers),
+            keys=keys,
+        ),
+        [],
+    )
+
+
+def _compile_mask_rule(
+    doc: Document,
+    index: int,
+    raw: dict[str, Any],
+    order: int,
+    config: Config | None,
+    compile_filter: FilterCompiler | None,
+) -> tuple[MaskRule | None, list[SourceError]]:
+    loc: tuple[str | int, ...] = ("masks", index)
+    matchers, keys, errors = _compile_matchers(doc, loc, raw, config, compile_filter)
+    try:
+        masks = compile_masks(raw.get("mask", []), raw.get("headers", []))
+    except MaskError as e:
+        field_name = "mask" if e.field == "paths" else e.field
+        errors.append(doc.error(loc + (field_name, e.index), str(e)))
+        return None, errors
+    if errors:
+        return None, errors
+    return (
+        MaskRule(
+            id=raw["id"],
+            source=str(doc.path),
+            line=doc.line_of(loc),
+            order=order,
+            masks=masks,
+            keyed=raw.get("style") == "hmac",
+            secrets=raw.get("secrets"),
+            matchers=tuple(matchers),
+            keys=keys,
+        ),
+        [],
+    )
+
+
+def _compile_test(doc: Document, index: int, raw: dict[str, Any]) -> RuleTest:
+    method, _, url = raw["request"].partition(" ")
+    body = raw.get("body")
+    content_type = raw.get("contentType", "")
+    if body is None:
+        body_bytes = b""
+    elif isinstance(body, str):
+        body_bytes = body.encode()
+    else:
+        body_bytes = json.dumps(body).encode()
+        content_type = content_type or "application/json"
+    return RuleTest(
+        name=raw.get("name", raw["request"]),
+        method=method,
+        url=url,
+        expect=Action(raw["expect"]),
+        rule=raw.get("rule"),
+        check_rule="rule" in raw,
+        agent=raw.get("agent"),
+        groups=tuple(raw.get("groups", ())),
+        body=body_bytes,
+        content_type=content_type,
+        source=str(doc.path),
+        line=doc.line_of(("tests", index)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicy:
+    """A policy and the tests written beside its rules."""
+
+    policy: Policy
+    tests: tuple[RuleTest, ...]
+    files: tuple[Path, ...]
+    masking: MaskPolicy = field(default_factory=lambda: MaskPolicy(()))
+
+
+def _first_use(
+    doc: Document,
+    location: tuple[str | int, ...],
+    what: str,
+    item: Rule | MaskRule,
+    seen: dict[str, Any],
+    errors: list[SourceError],
+) -> bool:
+    """Remember `item` under its id; False (and an error) when the id was used before."""
+    first = seen.get(item.id)
+    if first is not None:
+        errors.append(
+            doc.error(location, f"duplicate {what} id {item.id!r} (first at {first.where})")
+        )
+        return False
+    seen[item.id] = item
+    return True
+
+
+def load_policy(
+    files: Iterable[Path],
+    config: Config | None = None,
+    compile_filter: FilterCompiler | None = None,
+    mask_key: bytes | None = None,
+) -> LoadedPolicy:
+    """Read, validate and compile rule files; all problems are raised together as SourceErrors."""
+    errors: list[SourceError] = []
+    rules: list[Rule] = []
+    tests: list[RuleTest] = []
+    mask_rules: list[MaskRule] = []
+    seen: dict[str, Rule] = {}
+    seen_masks: dict[str, MaskRule] = {}
+    files = tuple(files)
+    for path in files:
+        try:
+            doc = load_yaml(path)
+        except SourceError as e:
+            errors.append(e)
+            continue
+        if doc.data is None:
+            continue
+        if not isinstance(doc.data, dict):
+            errors.append(doc.error((), "a rule file must be a mapping with `rules:` and `tests:`"))
+            continue
+        problems = schema_errors(doc, "rules")
+        if problems:
+            errors.extend(problems)
+            continue
+        for i, raw in enumerate(doc.data.get("rules") or []):
+            rule, rule_errors = _compile_rule(doc, i, raw, len(rules), config, compile_filter)
+            errors.extend(rule_errors)
+            if rule is None:
+                continue
+            if _first_use(doc, ("rules", i, "id"), "rule", rule, seen, errors):
+                rules.append(rule)
+        for i, raw in enumerate(doc.data.get("masks") or []):
+            mask_rule, mask_errors = _compile_mask_rule(
+                doc, i, raw, len(mask_rules), config, compile_filter
+            )
+            errors.extend(mask_errors)
+            if mask_rule is None:
+                continue
+            if _first_use(doc, ("masks", i, "id"), "mask", mask_rule, seen_masks, errors):
+                mask_rules.append(mask_rule)
+        tests.extend(
+            _compile_test(doc, i, raw) for i, raw in enumerate(doc.data.get("tests") or [])
+        )
+    for test in tests:
+        if test.rule is not None and test.rule not in seen:
+            errors.append(
+                SourceError(test.source, test.line, f"test names unknown rule {test.rule!r}")
+            )
+    if errors:
+        raise SourceErrors(errors)
+    return LoadedPolicy(Policy(rules), tuple(tests), files, MaskPolicy(mask_rules, mask_key))

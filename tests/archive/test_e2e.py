@@ -1,0 +1,179 @@
+"""The archive through the real gateway: kubectl's flows, masked, replayable and verifiable."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+import threading
+from pathlib import Path
+
+import httpx
+from mitmproxy import io as mitmio
+
+from holdgate.sandbox.kube_resources import SECRETS
+from holdgate.sandbox.kube_sim import KubeSimulator
+from tests.conftest import (
+    BIN,
+    SIM_TOKEN,
+    Page,
+    kube_target,
+    kubectl,
+    start_gateway,
+    trust,
+    write_agent_kubeconfig,
+)
+
+CANARY = "archive-canary-31415926"
+AGENT_TOKEN = "agent-token-canary-27182818"
+
+RULES = """
+rules:
+  - id: reads
+    action: allow
+    verbs: [get, list, watch]
+    resources: ["*"]
+  - id: discovery
+    action: allow
+    verbs: [get]
+    nonResourceURLs: ["/*"]
+  - id: no-prod-secrets
+    action: deny
+    message: not in prod
+    resources: [secrets]
+    namespaces: [prod]
+  - id: hold-configmaps
+    action: approve
+    resources: [configmaps]
+    verbs: [create]
+    reviewers: [local:admin]
+"""
+
+
+def _all_bytes(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def test_flows_are_archived_masked_and_replayable(tmp_path: Path, simulator: KubeSimulator) -> None:
+    simulator.store.create(
+        SECRETS,
+        "sandbox",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "archived", "namespace": "sandbox"},
+            "data": {"password": base64.b64encode(CANARY.encode()).decode()},
+        },
+    )
+    token_file = tmp_path / "upstream-token"
+    token_file.write_text(SIM_TOKEN)
+    config = {
+        "targets": [kube_target(simulator, credential={"bearer_token_file": str(token_file)})],
+        "identity": {
+            "agents": [
+                {
+                    "name": "ci-bot",
+                    "owner": "local:olga",
+                    "token_sha256": hashlib.sha256(AGENT_TOKEN.encode()).hexdigest(),
+                }
+            ]
+        },
+        "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+        "archive": {"rotate_seconds": 1},
+    }
+    gw = start_gateway(tmp_path, config, {"r.yaml": RULES})
+    try:
+        kubeconfig = write_agent_kubeconfig(tmp_path / "kc", gw, token="placeholder")
+        kubeconfig.write_text(
+            kubeconfig.read_text().replace(
+                gw.proxy_url, f"http://ci-bot+run-5:{AGENT_TOKEN}@127.0.0.1:{gw.port}"
+            )
+        )
+        assert (
+            kubectl(
+                kubeconfig, "get", "secret", "archived", "-n", "sandbox", "-o", "yaml"
+            ).returncode
+            == 0
+        )
+        assert kubectl(kubeconfig, "get", "secrets", "-n", "prod").returncode != 0
+        m = gw.wait_for_output(r"approvals page listening at (\S+) \(admin token: (\S+)\)")
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "held"},
+            "data": {"k": "v"},
+        }
+        result: dict[str, httpx.Response] = {}
+        with (
+            httpx.Client(
+                proxy=f"http://ci-bot:{AGENT_TOKEN}@127.0.0.1:{gw.port}",
+                verify=trust(gw),
+                timeout=60,
+                headers={"Authorization": f"Bearer {CANARY}", "Cookie": f"session={CANARY}"},
+            ) as agent,
+            Page(m.group(1), m.group(2)) as page,
+        ):
+            thread = threading.Thread(
+                target=lambda: result.update(
+                    r=agent.post(
+                        "https://kubernetes.default.svc/api/v1/namespaces/sandbox/configmaps",
+                        json=body,
+                    )
+                )
+            )
+            thread.start()
+            hold = page.wait_pending("hold-configmaps")[0]
+            page.decide(hold["id"], True)
+            thread.join(timeout=30)
+        assert result["r"].status_code == 201
+    finally:
+        gw.stop()
+    archive = tmp_path / "var" / "archive"
+    everything = _all_bytes(tmp_path / "var" / "archive") + _all_bytes(tmp_path / "var" / "spool")
+    assert everything, "nothing archived"
+    for secret in (CANARY, base64.b64encode(CANARY.encode()).decode(), AGENT_TOKEN, SIM_TOKEN):
+        assert secret.encode() not in everything, secret
+    config_path = str(tmp_path / "holdgate.yaml")
+    verify = subprocess.run(
+        [str(BIN / "holdgate"), "archive", "verify", "--config", config_path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    out = tmp_path / "replay.mitm"
+    replay = subprocess.run(
+        [
+            str(BIN / "holdgate"),
+            "replay",
+            "--config",
+            config_path,
+            "--agent",
+            "ci-bot",
+            "--out",
+            str(out),
+            "--no-web",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replay.returncode == 0, replay.stderr
+    with out.open("rb") as f:
+        flows = list(mitmio.FlowReader(f).stream())
+    by_decision = {}
+    for flow in flows:
+        meta = flow.metadata["holdgate"]
+        assert meta["request"]["identity"]["agent"] == "ci-bot"
+        by_decision.setdefault(meta["decision"]["action"], []).append(flow)
+    assert {"allow", "deny", "approve"} <= set(by_decision)
+    held = by_decision["approve"][0]
+    assert held.marked and held.metadata["holdgate"]["hold"]["state"] == "approved"
+    assert "approved" in held.comment
+    secret_get = next(
+        f
+        for f in by_decision["allow"]
+        if f.request.path.startswith("/api/v1/namespaces/sandbox/secrets/archived")
+    )
+    assert b"Kioq" in secret_get.response.content
+    assert archive.exists()

@@ -1,0 +1,279 @@
+"""holdgate.kube.protobuf: round trips, malformed bodies, and random bytes."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from holdgate.kube.protobuf import (
+    CONTENT_TYPE,
+    MAGIC,
+    Envelope,
+    ProtobufError,
+    _encode_varint,
+    _field,
+    decode_envelope,
+    decode_object,
+    encode_object,
+    object_meta,
+)
+
+TYPE_META_SECRET = _field(1, _field(1, b"v1") + _field(2, b"Secret"))
+
+
+def envelope(kind: str, raw: bytes) -> bytes:
+    """A `k8s\\0` body around raw object bytes."""
+    return MAGIC + _field(1, _field(1, b"v1") + _field(2, kind.encode())) + _field(2, raw)
+
+
+ROUND_TRIPS = [
+    pytest.param(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "db",
+                "namespace": "prod",
+                "labels": {"app": "web", "tier": ""},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": '{"a":1}'},
+            },
+            "data": {"password": base64.b64encode(b"\x00hunter2\xff").decode(), "empty": ""},
+            "stringData": {"token": "t0k3n"},
+            "type": "kubernetes.io/basic-auth",
+        },
+        id="secret",
+    ),
+    pytest.param(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"generateName": "db-"}},
+        id="secret with generateName only",
+    ),
+    pytest.param(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "cm", "namespace": "ns"},
+            "data": {"config.yaml": "a: 1\nb: [x, y]\n", "ünïcode": "✓"},
+        },
+        id="configmap",
+    ),
+    pytest.param(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}, "spec": {}},
+        id="namespace",
+    ),
+    pytest.param(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "ns"},
+        },
+        id="another kind: metadata only",
+    ),
+]
+
+
+@pytest.mark.parametrize("obj", ROUND_TRIPS)
+def test_round_trip(obj: dict[str, Any]) -> None:
+    body = encode_object(obj)
+    assert body.startswith(MAGIC)
+    env = decode_envelope(body)
+    assert (env.api_version, env.kind, env.content_encoding, env.content_type) == (
+        obj["apiVersion"],
+        obj["kind"],
+        "",
+        "",
+    )
+    assert object_meta(env) == obj["metadata"]
+    assert decode_object(env) == obj
+
+
+def test_content_type() -> None:
+    assert CONTENT_TYPE == "application/vnd.kubernetes.protobuf"
+
+
+def test_envelope_fields() -> None:
+    raw = _field(1, _field(1, b"x"))
+    body = MAGIC + TYPE_META_SECRET + _field(2, raw) + _field(3, b"gzip") + _field(4, b"ct")
+    assert decode_envelope(body) == Envelope("v1", "Secret", raw, "gzip", "ct")
+
+
+def test_unknown_fields_are_skipped() -> None:
+    raw = (
+        _field(1, _field(1, b"db") + _encode_varint(4 << 3) + _encode_varint(7))
+        + _encode_varint(9 << 3 | 1)
+        + b"\x00" * 8
+        + _encode_varint(10 << 3 | 5)
+        + b"\x00" * 4
+    )
+    assert decode_object(decode_envelope(envelope("Secret", raw)))["metadata"] == {"name": "db"}
+
+
+def test_empty_envelope() -> None:
+    env = decode_envelope(MAGIC)
+    assert env == Envelope("", "", b"", "", "")
+    assert object_meta(env) == {}
+
+
+MALFORMED = [
+    pytest.param(b"", "missing k8s protobuf magic", id="empty"),
+    pytest.param(b"k8s", "missing k8s protobuf magic", id="short magic"),
+    pytest.param(b"k8s\x01" + TYPE_META_SECRET, "missing k8s protobuf magic", id="wrong magic"),
+    pytest.param(b'{"kind":"Secret"}', "missing k8s protobuf magic", id="json"),
+    pytest.param(MAGIC + b"\x0a", "truncated varint", id="key without a length"),
+    pytest.param(MAGIC + b"\x0a\x80", "truncated varint", id="truncated length varint"),
+    pytest.param(MAGIC + b"\x80", "truncated varint", id="truncated key varint"),
+    pytest.param(MAGIC + b"\x08\xff\xff", "truncated varint", id="truncated value varint"),
+    pytest.param(MAGIC + b"\x08" + b"\xff" * 10 + b"\x01", "varint too long", id="varint too long"),
+    pytest.param(MAGIC + b"\x0a\x05ab", "runs past the end", id="length past the end"),
+    pytest.param(MAGIC + b"\x0a\xff\xff\xff\xff\x0f", "runs past the end", id="huge length"),
+    pytest.param(MAGIC + TYPE_META_SECRET[:-1], "runs past the end", id="truncated TypeMeta"),
+    pytest.param(MAGIC + b"\x09\x00\x00", "truncated field", id="truncated fixed64"),
+    pytest.param(MAGIC + b"\x0d\x00", "truncated field", id="truncated fixed32"),
+    pytest.param(MAGIC + b"\x00\x00", "field number 0", id="field number 0"),
+    pytest.param(MAGIC + b"\x0b", "unsupported wire type 3", id="start group"),
+    pytest.param(MAGIC + b"\x0e", "unsupported wire type 6", id="wire type 6"),
+    pytest.param(MAGIC + _field(1, b"\x0a\x05ab"), "runs past the end", id="bad TypeMeta"),
+    pytest.param(MAGIC + _field(1, _field(2, b"\xff")), "not UTF-8", id="kind not UTF-8"),
+    pytest.param(MAGIC + _field(1, b"\x10\x01"), "expected a string field", id="kind as a varint"),
+    pytest.param(MAGIC + b"\x18\x01", "expected a string field", id="contentEncoding as a varint"),
+]
+
+
+@pytest.mark.parametrize(("body", "reason"), MALFORMED)
+def test_malformed_envelope(body: bytes, reason: str) -> None:
+    with pytest.raises(ProtobufError, match=reason):
+        decode_envelope(body)
+
+
+MALFORMED_OBJECTS = [
+    pytest.param("Secret", b"\x0a\x05ab", "runs past the end", id="raw length past the end"),
+    pytest.param(
+        "Secret", _field(1, b"\x0a\x05ab"), "runs past the end", id="ObjectMeta past the end"
+    ),
+    pytest.param("Secret", _field(1, _field(1, b"\xc3\x28")), "not UTF-8", id="name not UTF-8"),
+    pytest.param(
+        "Secret", _field(1, b"\x08\x01"), "expected a string field", id="name as a varint"
+    ),
+    pytest.param(
+        "Secret", _field(1, _field(11, b"\x0a")), "truncated varint", id="truncated label"
+    ),
+    pytest.param("Secret", _field(3, b"\xff"), "not UTF-8", id="type not UTF-8"),
+    pytest.param("Secret", _field(2, b"\x12\x09"), "runs past the end", id="truncated data entry"),
+    pytest.param(
+        "ConfigMap",
+        _field(2, _field(1, b"k") + _field(2, b"\xff")),
+        "not UTF-8",
+        id="data not UTF-8",
+    ),
+    pytest.param("Pod", b"\x80", "truncated varint", id="truncated pod"),
+]
+
+
+@pytest.mark.parametrize(("kind", "raw", "reason"), MALFORMED_OBJECTS)
+def test_malformed_object(kind: str, raw: bytes, reason: str) -> None:
+    env = decode_envelope(envelope(kind, raw))
+    with pytest.raises(ProtobufError, match=reason):
+        decode_object(env)
+
+
+@given(st.one_of(st.binary(), st.binary().map(lambda tail: MAGIC + tail)))
+def test_decode_envelope_on_random_bytes(body: bytes) -> None:
+    try:
+        env = decode_envelope(body)
+    except ProtobufError:
+        return
+    assert isinstance(env, Envelope)
+
+
+@settings(report_multiple_bugs=False)
+@given(kind=st.sampled_from(["Secret", "ConfigMap", "Namespace", "Pod", ""]), raw=st.binary())
+@example(kind="Secret", raw=_encode_varint(2 << 3) + _encode_varint(1))
+def test_decode_object_on_random_bytes(kind: str, raw: bytes) -> None:
+    try:
+        env = decode_envelope(envelope(kind, raw))
+        meta = object_meta(env)
+        obj = decode_object(env)
+    except ProtobufError:
+        return
+    assert obj["metadata"] == meta
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _encode_varint(2 << 3) + _encode_varint(1),
+        _field(1, _encode_varint(11 << 3) + _encode_varint(1)),
+    ],
+    ids=["secret data as a varint", "label as a varint"],
+)
+def test_map_entry_with_the_wrong_wire_type(raw: bytes) -> None:
+    with pytest.raises(ProtobufError):
+        decode_object(decode_envelope(envelope("Secret", raw)))
+
+
+def test_repeated_fields_merge_like_the_apiserver() -> None:
+    # gogo-protobuf, which the apiserver uses, merges repeated messages and keeps a scalar's last value.
+    body = (
+        MAGIC
+        + _field(1, _field(1, b"v1") + _field(2, b"ConfigMap"))
+        + _field(1, _field(2, b"Secret"))
+        + _field(2, _field(1, _field(1, b"a")))
+        + _field(2, _field(1, _field(1, b"b")))
+    )
+    env = decode_envelope(body)
+    assert (env.api_version, env.kind, object_meta(env)) == ("v1", "Secret", {"name": "b"})
+
+
+def test_repeated_scalar_in_object_meta_keeps_the_last() -> None:
+    raw = _field(1, _field(1, b"a") + _field(1, b"b") + _field(3, b"x") + _field(3, b"y"))
+    assert object_meta(decode_envelope(envelope("Secret", raw))) == {"name": "b", "namespace": "y"}
+
+
+names = st.text(alphabet=st.characters(codec="utf-8"), max_size=20)
+string_maps = st.dictionaries(names, names, max_size=4)
+
+
+@given(
+    name=names,
+    namespace=names,
+    labels=string_maps,
+    annotations=string_maps,
+    data=st.dictionaries(names, st.binary(max_size=20), max_size=4),
+    string_data=string_maps,
+    secret_type=names,
+)
+def test_secret_round_trip(
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    data: dict[str, bytes],
+    string_data: dict[str, str],
+    secret_type: str,
+) -> None:
+    metadata = {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations}
+    obj: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {key: value for key, value in metadata.items() if value},
+        "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
+        "stringData": string_data,
+        "type": secret_type,
+    }
+    obj = {key: value for key, value in obj.items() if value or key == "metadata"}
+    assert decode_object(decode_envelope(encode_object(obj))) == obj
+
+
+@given(name=names, data=string_maps)
+def test_configmap_round_trip(name: str, data: dict[str, str]) -> None:
+    obj: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name} if name else {},
+    }
+    if data:
+        obj["data"] = data
+    assert decode_object(decode_envelope(encode_object(obj))) == obj
