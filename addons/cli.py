@@ -28,13 +28,25 @@ def _print_errors(e: SourceError | SourceErrors) -> int:
 
 
 def runtime_warnings(config: Config) -> list[str]:
-    """Secrets the gateway reads at run time that are missing now (files may appear later)."""
+    """Where credentials could go further than meant, and secrets the gateway reads at run time
+    that are missing now (files may appear later)."""
     import os
 
     warnings = []
     for target in config.targets:
         if target.credential is None:
             continue
+        if target.upstream is None:
+            warnings.append(
+                f"target {target.name}: carries a credential but declares no `upstream`; the "
+                "credential goes to whichever declared host:port an agent names "
+                f"({', '.join(target.hosts)}): declare `upstream` to pin it to one service"
+            )
+        if target.has_wildcard_host:
+            warnings.append(
+                f"target {target.name}: carries a credential and has a wildcard host "
+                f"({', '.join(target.hosts)}); every host the pattern matches can receive it"
+            )
         for path in target.credential.files():
             if not Path(path).exists():
                 warnings.append(

@@ -34,8 +34,10 @@ from holdgate.masking.masks import KUBERNETES_SECRET_MASKS, MaskSet, mask_reques
 from holdgate.masking.responses import ResponseMasking, kind_hint
 from holdgate.metrics import GatewayMetrics
 from holdgate.policy.rules import Action, Decision, LoadedPolicy, Rule, load_policy
+from holdgate.request.authority import Authority, AuthorityMismatch, agreed_authority
 from holdgate.request.facts import RequestFacts, build_facts
 from holdgate.request.flow_filter import compile_filter
+from holdgate.request.headers import strip_headers
 from holdgate.request.refusal import refusal
 
 log = logging.getLogger("holdgate")
@@ -402,21 +404,34 @@ class Gateway:
     # --- helpers -----------------------------------------------------------------------------
 
     def facts_for(self, flow: http.HTTPFlow, identity: Identity | None = None) -> RequestFacts:
-        """Classify a flow's request."""
+        """Classify a flow's request, by the one authority its names agree on (else refused)."""
         assert self.config is not None
         request = flow.request
-        return build_facts(
+        problem = ""
+        try:
+            authority = request_authority(flow)
+        except AuthorityMismatch as e:
+            problem = f"the request's destination is ambiguous: {e}"
+            authority = Authority(request.host.lower(), request.port)
+        facts = build_facts(
             self.config,
             method=request.method,
-            host=request.pretty_host,
-            port=request.port,
+            host=authority.host,
+            port=authority.port,
             path_and_query=request.path,
             content_type=request.headers.get("content-type", ""),
             content_encoding=request.headers.get("content-encoding", ""),
             body=request.raw_content or b"",
             identity=identity,
+            headers=request.headers.items(multi=True),
+            problem=problem,
             flow=flow,
         )
+        target = facts.target
+        strip_headers(
+            request.headers, kubernetes=target is not None and target.kind is TargetKind.KUBERNETES
+        )
+        return facts
 
     def _route(self, flow: http.HTTPFlow, facts: RequestFacts, rule: Rule | None = None) -> None:
         """Send an allowed request to its target's upstream, with the target's credential."""
@@ -499,6 +514,22 @@ def mask_key(state_dir: Path) -> bytes:
     if os.environ.get("HOLDGATE_MASK_KEY"):
         return os.environ["HOLDGATE_MASK_KEY"].encode()
     return secret_file(state_dir / "mask-key", lambda: secrets.token_hex(32)).encode()
+
+
+def request_authority(flow: http.HTTPFlow) -> Authority:
+    """The one host:port a flow's names (CONNECT, SNI, Host, :authority) agree on."""
+    request = flow.request
+    hosts = request.headers.get_all("host")
+    if len(hosts) > 1:
+        raise AuthorityMismatch("more than one Host header")
+    return agreed_authority(
+        scheme=request.scheme,
+        connect_host=request.host,
+        connect_port=request.port,
+        sni=flow.client_conn.sni if flow.client_conn.tls else None,
+        host_header=hosts[0] if hosts else None,
+        uri_authority=request.authority or None,
+    )
 
 
 def proxy_address() -> str:

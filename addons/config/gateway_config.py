@@ -25,6 +25,10 @@ SCHEMA_DIR = PACKAGE_DIR / "schema"
 EMBEDDED_DEFAULT = PROJECT_ROOT / "rules" / "config" / "sandbox.yaml"
 
 
+# What a host pattern without a port covers: HTTPS's and plain HTTP's default ports.
+DEFAULT_PORTS = (443, 80)
+
+
 class TargetKind(StrEnum):
     KUBERNETES = "kubernetes"
     HTTP = "http"
@@ -52,18 +56,30 @@ class Target:
     credential: UpstreamCredential | None = None
 
     def serves(self, host: str, port: int) -> bool:
-        """Whether an agent asking for host:port means this target."""
-        host = host.lower()
+        """Whether an agent asking for host:port means this target.
+
+        A pattern without a port means the default ports (443, and 80 for plain HTTP), never
+        every port: a target's rules and credential do not reach other services on its host.
+        """
+        host = host.lower().removesuffix(".")
         for pattern in self.hosts:
             name, want_port = split_host_pattern(pattern)
-            if (want_port is None or want_port == port) and fnmatch.fnmatchcase(host, name):
+            ports = DEFAULT_PORTS if want_port is None else (want_port,)
+            if port in ports and fnmatch.fnmatchcase(host, name):
                 return True
         return False
+
+    @property
+    def has_wildcard_host(self) -> bool:
+        """Whether a host pattern matches more than one name."""
+        return any(set(split_host_pattern(p)[0]) & set("*?[") for p in self.hosts)
 
 
 def split_host_pattern(pattern: str) -> tuple[str, int | None]:
     """Split `host[:port]` (or `[v6]:port`) into a lower-case host glob and an optional port."""
     pattern = pattern.lower()
+    if pattern.endswith(".") or ".:" in pattern:
+        pattern = pattern.replace(".:", ":").removesuffix(".")
     if pattern.startswith("["):
         host, _, rest = pattern[1:].partition("]")
         return host, int(rest[1:]) if rest.startswith(":") else None

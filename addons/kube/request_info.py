@@ -118,6 +118,13 @@ def classify(method: str, path: str, query: str = "") -> KubeRequest:
     return _resolve(method, decoded_path, _go_query(raw_query))
 
 
+def safe_path(path: str, query: str = "") -> str:
+    """The percent-decoded path of any request target; UnsafePath where a server could read it
+    differently (dot or empty segments, encoded slashes or backslashes, control characters)."""
+    raw_path, _ = _split_target(path, query)
+    return _decode_path(raw_path) or "/"
+
+
 @dataclass(frozen=True, slots=True)
 class ExecCommand:
     """The process a pods/exec (or pods/attach) request starts, as the apiserver decodes it."""

@@ -16,6 +16,7 @@ and never changes a decision.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import re
@@ -30,6 +31,7 @@ from jsonpath_ng.ext import parse as parse_jsonpath
 
 from holdgate.config.gateway_config import Config, TargetKind, schema_errors
 from holdgate.config.yaml_source import Document, SourceError, SourceErrors, load_yaml
+from holdgate.kube.impersonation import describe as describe_impersonation
 from holdgate.masking.masks import (
     EMPTY_MASKS,
     KUBERNETES_SECRET_MASKS,
@@ -162,7 +164,33 @@ class Policy:
         return (self.rules[i] for i in _indices(self._index.compatible(facts)))
 
     def decide(self, facts: RequestFacts, config: Config) -> Decision:
-        """The decision for one request."""
+        """The decision for one request, and for each impersonation it asks for.
+
+        Each `Impersonate-*` header is an `impersonate` request of its own, as the apiserver
+        authorizes it; one that no rule matches is refused whatever the target's default, and
+        the most restrictive of all the decisions is the request's.
+        """
+        decision = self._decide(facts, config)
+        for request in facts.impersonates:
+            if decision.action is Action.DENY:
+                break
+            as_someone = self._decide(
+                dataclasses.replace(facts, kube=request, exec=None, body=None), config
+            )
+            what = describe_impersonation(request)
+            if as_someone.rule is None:
+                as_someone = Decision(
+                    Action.DENY, None, f"impersonation of {what} refused: no rule allows it"
+                )
+            else:
+                as_someone = dataclasses.replace(
+                    as_someone, reason=f"impersonation of {what}: {as_someone.reason}"
+                )
+            if _RESTRICTIVENESS[as_someone.action] < _RESTRICTIVENESS[decision.action]:
+                decision = as_someone
+        return decision
+
+    def _decide(self, facts: RequestFacts, config: Config) -> Decision:
         if facts.problem:
             return Decision(Action.DENY, None, f"refused: {facts.problem}")
         if facts.target is None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from holdgate.config.gateway_config import Config, Target, TargetKind
 from holdgate.identity.agents import Identity
+from holdgate.kube.impersonation import impersonation_requests
 from holdgate.kube.request_info import (
     BodyObject,
     ExecCommand,
@@ -15,6 +17,7 @@ from holdgate.kube.request_info import (
     classify,
     exec_command,
     read_body,
+    safe_path,
     with_body,
 )
 
@@ -33,6 +36,8 @@ class RequestFacts:
     exec: ExecCommand | None = None
     body: BodyObject | None = None
     identity: Identity | None = None
+    # Impersonate-* headers, each an `impersonate` request of its own (Kubernetes targets).
+    impersonates: tuple[KubeRequest, ...] = ()
     # Why the request could not be understood; policy refuses such requests.
     problem: str = ""
     # What a rule's mitmproxy filter expression is evaluated on (a flow), when there is one.
@@ -66,6 +71,8 @@ class RequestFacts:
             }
         if self.identity is not None:
             out["identity"] = self.identity.as_dict()
+        if self.impersonates:
+            out["impersonates"] = [k.as_dict() for k in self.impersonates]
         if self.problem:
             out["problem"] = self.problem
         return out
@@ -88,21 +95,38 @@ def build_facts(
     content_encoding: str = "",
     body: bytes = b"",
     identity: Identity | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    problem: str = "",
     flow: Any = None,
 ) -> RequestFacts:
-    """Route a request to its target and classify it."""
+    """Route a request to its target and classify it.
+
+    `headers`: the request's impersonation headers (others are ignored). `problem`: why the
+    gateway already knows it must refuse the request (it is still classified, for the record).
+    """
     method = method.upper()
     path, query = split_path(path_and_query)
     target = config.target_for(host, port)
     body_object = read_body(content_type, content_encoding, body) if body else None
     kube = exec_ = None
-    problem = ""
+    impersonates: tuple[KubeRequest, ...] = ()
     if target is not None and target.kind is TargetKind.KUBERNETES:
         try:
             kube = with_body(classify(method, path, query), body_object)
             exec_ = exec_command(kube, query)
         except UnsafePath as e:
-            kube, problem = None, f"path cannot be classified safely: {e}"
+            kube, problem = None, problem or f"path cannot be classified safely: {e}"
+        try:
+            impersonates = impersonation_requests(headers)
+        except UnsafePath as e:
+            problem = problem or f"impersonation cannot be classified safely: {e}"
+    else:
+        # Every target kind gets the same path discipline: no dot or empty segments, no
+        # encoded slashes; rules match the decoded path, as the service reads it.
+        try:
+            path = safe_path(path, query)
+        except UnsafePath as e:
+            problem = problem or f"path cannot be classified safely: {e}"
     return RequestFacts(
         target=target,
         method=method,
@@ -114,6 +138,7 @@ def build_facts(
         exec=exec_,
         body=body_object,
         identity=identity,
+        impersonates=impersonates,
         problem=problem,
         flow=flow,
     )
