@@ -17,6 +17,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
+from holdgate import unsafe_options
 from holdgate.approvals.addon import Approvals, hold_record
 from holdgate.approvals.hold import HoldState
 from holdgate.archive.addon import Archive
@@ -102,6 +103,14 @@ class Gateway:
         )
 
     def configure(self, updated: set[str]) -> None:
+        known = set(ctx.options.keys())
+        values = {name: getattr(ctx.options, name) for name in updated & known}
+        try:
+            unsafe_options.check(values, updated)
+        except unsafe_options.UnsafeOption as e:
+            raise exceptions.OptionsError(str(e)) from e
+        if forced := unsafe_options.forced_updates(values):
+            ctx.options.update(**forced)
         if "holdgate_config" in updated:
             path = Path(ctx.options.holdgate_config) if ctx.options.holdgate_config else None
             prepared, self._prepared = self._prepared, None
@@ -171,10 +180,7 @@ class Gateway:
 
     def _apply_mitmproxy_options(self) -> None:
         assert self.config is not None
-        updates: dict[str, Any] = {
-            # Virtual target names do not resolve: connect only once the request is routed.
-            "connection_strategy": "lazy",
-        }
+        updates: dict[str, Any] = dict(unsafe_options.FORCED)
         if ctx.options.confdir == "~/.mitmproxy":
             updates["confdir"] = str(self.config.certs_dir)
         client_certs = self._client_cert_dir()
