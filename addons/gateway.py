@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -35,6 +36,7 @@ from holdgate.masking.masks import KUBERNETES_SECRET_MASKS, MaskSet, mask_reques
 from holdgate.masking.responses import ResponseMasking, kind_hint
 from holdgate.metrics import GatewayMetrics
 from holdgate.policy.rules import Action, Decision, LoadedPolicy, Rule, load_policy
+from holdgate.printable import printable
 from holdgate.request.authority import Authority, AuthorityMismatch, agreed_authority
 from holdgate.request.facts import RequestFacts, build_facts
 from holdgate.request.flow_filter import compile_filter
@@ -307,7 +309,7 @@ class Gateway:
             flow.metadata[METADATA_KEY] = {
                 "decision": {"action": "deny", "rule": None, "reason": message}
             }
-            log.info("deny CONNECT %s:%d: not a declared target", host, port)
+            log.info("deny CONNECT %s:%d: not a declared target", printable(host, 300), port)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if (
@@ -329,7 +331,19 @@ class Gateway:
             }
             return
         facts = self.facts_for(flow, identity)
+        if facts.kube is not None and flow.request.raw_content:
+            # The gateway owns holdgate.dev/* metadata: what an agent sent is dropped (or the
+            # request refused when it cannot be), before the decision and any hold.
+            sent = flow.request.raw_content
+            if foreign := self.ownership.drop_foreign_metadata(flow.request, facts):
+                facts = dataclasses.replace(facts, problem=foreign)
+            elif flow.request.raw_content is not sent:
+                facts = self.facts_for(flow, identity)
         decision = self.loaded.policy.decide(facts, self.config)
+        if decision.action is not Action.DENY and (
+            upgrade := self._unmaskable_upgrade(flow, facts)
+        ):
+            decision = Decision(Action.DENY, None, upgrade)
         self._record(flow, facts, decision)
         if decision.action is not Action.DENY and (
             why := self.archive.refusal_reason(
@@ -337,7 +351,7 @@ class Gateway:
             )
         ):
             # No audit, no action: privileged requests wait until the archive can record them.
-            log.error("refusing %s: %s", _describe(facts), why)
+            log.error("refusing %s: %s", _describe(facts), printable(why))
             self._refuse(flow, facts, why, decision)
             return
         self.metrics.requests.labels(
@@ -368,7 +382,9 @@ class Gateway:
         hold = await self.approvals.hold(flow, facts, decision, self._shown_masks(facts))
         meta["hold"] = hold_record(hold)
         flow.comment = f"{hold.state}: {_describe(facts)} (rule {rule}; {hold.reason})"
-        log.info("hold %s %s: %s: %s", hold.id, hold.state, _describe(facts), hold.reason)
+        log.info(
+            "hold %s %s: %s: %s", hold.id, hold.state, _describe(facts), printable(hold.reason)
+        )
         if hold.state is HoldState.APPROVED:
             self._route(flow, facts, decision.rule)
             return
@@ -469,6 +485,30 @@ class Gateway:
         flow.request.host = upstream.host
         flow.request.port = upstream.port
 
+    def _unmaskable_upgrade(self, flow: http.HTTPFlow, facts: RequestFacts) -> str:
+        """Why a WebSocket upgrade must be refused: its messages would have to be masked.
+
+        exec, attach and portforward carry a process's streams, not API objects; any other
+        WebSocket (a watch, a proxied service) under a masking rule or the Secret built-ins
+        would pass messages the gateway cannot mask, so it is refused before it opens.
+        """
+        if flow.request.headers.get("upgrade", "").lower() != "websocket":
+            return ""
+        kube = facts.kube
+        if (
+            kube is not None
+            and kube.resource == "pods"
+            and kube.subresource in ("exec", "attach", "portforward")
+        ):
+            return ""
+        assert self.loaded is not None
+        if not self.loaded.masking.for_request(facts).active:
+            return ""
+        return (
+            "WebSocket refused: responses to this request are masked, and WebSocket messages "
+            "cannot be; use a plain HTTP request (a watch streams as chunked JSON)"
+        )
+
     def _shown_masks(self, facts: RequestFacts) -> MaskSet:
         """Masks for what reviewers see of a request body: the Secret built-ins always apply."""
         assert self.loaded is not None
@@ -511,7 +551,7 @@ class Gateway:
             facts.method,
             facts.target.name + " " if facts.target else "",
             what,
-            decision.reason,
+            printable(decision.reason),
         )
 
 
@@ -550,16 +590,17 @@ def proxy_address() -> str:
 
 
 def _describe(facts: RequestFacts) -> str:
+    """One line for the log and the flow's comment: outside text escaped, length bounded."""
     kube = facts.kube
     if kube is None:
-        return f"{facts.method} {facts.host}{facts.path}"
+        return printable(f"{facts.method} {facts.host}{facts.path}")
     if not kube.resource_request:
-        return f"{kube.verb} {kube.path}"
+        return printable(f"{kube.verb} {kube.path}")
     resource = kube.resource + (f"/{kube.subresource}" if kube.subresource else "")
     where = f" -n {kube.namespace}" if kube.namespace else ""
     name = f" {kube.name}" if kube.name else ""
     command = f" -- {' '.join(facts.exec.command)}" if facts.exec and facts.exec.command else ""
-    return f"{kube.verb} {resource}{name}{where}{command}"
+    return printable(f"{kube.verb} {resource}{name}{where}{command}")
 
 
 def _addons() -> list[Any]:

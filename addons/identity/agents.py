@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,17 @@ DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdD
 RUN_SEPARATOR = "+"
 # The gateway's own agent (`holdgate reap`, the reaper loop): authenticated by the admin token.
 REAPER_AGENT = "holdgate-reaper"
+# Agent names and run ids become Kubernetes label values (holdgate.dev/agent, /run-id): the same
+# charset and length, which also keeps them inert in logs, tables and Slack messages.
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+# Names taken from tokens (GitHub's `repo:org/app:ref:...` subjects): printable ASCII, no
+# spaces, bounded; never anything that could start a new log line or table cell.
+TOKEN_NAME = re.compile(r"^[!-~]{1,253}$")
+
+
+def valid_label_value(text: str) -> bool:
+    """Whether `text` can be a Kubernetes label value (and so a static agent name or run id)."""
+    return bool(LABEL_VALUE.match(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +76,31 @@ class StaticAgent:
     token_sha256: str | None
     token_sha256_file: Path | None
 
-    def expected_digest(self) -> str | None:
-        """The token digest, read from the file each time (tokens rotate)."""
+    def expected_digest(self, cache: dict[Path, tuple[tuple[int, int], str]]) -> str | None:
+        """The token digest; a file is re-read whenever it changes (tokens rotate and are revoked).
+
+        The file may hold `sha256sum`'s output (`HEX  -` or `HEX  FILE`): the first field counts.
+        """
         if self.token_sha256 is not None:
             return self.token_sha256.lower()
-        assert self.token_sha256_file is not None
+        path = self.token_sha256_file
+        assert path is not None
         try:
-            return self.token_sha256_file.read_text().strip().lower()
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size)
+            cached = cache.get(path)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            fields = path.read_text().split()
         except OSError:
-            log.error("agent %s: token file %s cannot be read", self.name, self.token_sha256_file)
+            log.error("agent %s: token file %s cannot be read", self.name, path)
             return None
+        digest = fields[0].lower() if fields else ""
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            log.error("agent %s: token file %s holds no SHA-256 digest", self.name, path)
+            return None
+        cache[path] = (stamp, digest)
+        return digest
 
 
 @dataclass
@@ -183,6 +211,7 @@ class AgentDirectory:
         self.agents = {a.name: a for a in agents}
         self.issuers = issuers
         self.reaper_token_sha256: str | None = None
+        self._file_digests: dict[Path, tuple[tuple[int, int], str]] = {}
 
     def with_reaper(self, admin_token: str) -> AgentDirectory:
         """The same directory, also accepting the gateway's own reaper agent."""
@@ -200,6 +229,11 @@ class AgentDirectory:
             raise AuthError("proxy authentication required: set agent credentials in the proxy URL")
         creds = parse_proxy_authorization(header)
         name, _, run_id = creds.username.partition(RUN_SEPARATOR)
+        if run_id and not valid_label_value(run_id):
+            raise AuthError(
+                "invalid run id: up to 63 letters, digits, '-', '_' or '.', starting and ending "
+                "with a letter or digit"
+            )
         if _looks_like_jwt(creds.secret) and self.issuers:
             return self._verify_jwt(creds.secret, run_id)
         if name == REAPER_AGENT and self.reaper_token_sha256 is not None:
@@ -208,7 +242,7 @@ class AgentDirectory:
                 raise AuthError("invalid agent credentials")
             return Identity(agent=REAPER_AGENT, groups=(REAPER_AGENT,), run_id=run_id), None
         agent = self.agents.get(name)
-        expected = agent.expected_digest() if agent else None
+        expected = agent.expected_digest(self._file_digests) if agent else None
         digest = hashlib.sha256(creds.secret.encode()).hexdigest()
         # Compare even for unknown agents, so timing does not tell which names exist.
         if not hmac.compare_digest(digest, expected or "0" * 64) or agent is None or not expected:
@@ -258,8 +292,18 @@ class AgentDirectory:
             )
         if issuer.run_id_claim and claims.get(issuer.run_id_claim) is not None:
             run_id = str(claims[issuer.run_id_claim])
+            if not valid_label_value(run_id):
+                raise AuthError(f"the token's {issuer.run_id_claim!r} claim is not a valid run id")
+        agent = issuer.agent_prefix + subject
+        # OIDC names live in their own namespace: never a static agent's, never the reaper's.
+        if not TOKEN_NAME.match(agent):
+            raise AuthError(f"the token's {issuer.agent_claim!r} claim is not a valid agent name")
+        if agent in self.agents or agent == REAPER_AGENT:
+            raise AuthError(f"the token's {issuer.agent_claim!r} claim names a reserved agent")
+        if REAPER_AGENT in groups:
+            raise AuthError(f"the token's groups name the reserved group {REAPER_AGENT!r}")
         identity = Identity(
-            agent=issuer.agent_prefix + subject,
+            agent=agent,
             owner=issuer.owner,
             groups=tuple(groups),
             run_id=run_id,

@@ -1,4 +1,9 @@
-"""Agent authentication at the proxy: 407 without valid credentials, identity per connection."""
+"""Agent authentication at the proxy: 407 without valid credentials, checked on every request.
+
+A CONNECT proves the agent once for the tunnel, but credentials are checked again for each
+request inside it: a static token whose digest file changed stops working on connections
+opened before (keep-alive), and a JWT stops at its expiry.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import weakref
 from mitmproxy import connection, http
 
 from holdgate.identity.agents import AgentDirectory, AuthError, Identity
+from holdgate.printable import printable
 
 log = logging.getLogger("holdgate")
 
@@ -30,9 +36,10 @@ class ProxyAuth:
 
     def __init__(self) -> None:
         self.directory = AgentDirectory((), ())
-        # Identities proven on a connection (CONNECT), with the credential's expiry.
+        # Proofs given on a connection (CONNECT): identity, expiry (JWTs) and, for static
+        # tokens, the header, checked again per request (cheap: a hash and a stat).
         self._by_client: weakref.WeakKeyDictionary[
-            connection.Client, tuple[Identity, float | None]
+            connection.Client, tuple[Identity, float | None, str | None]
         ] = weakref.WeakKeyDictionary()
 
     @property
@@ -52,10 +59,12 @@ class ProxyAuth:
         if not self.enabled and header is None:
             return True  # anonymous mode: no agents declared
         try:
-            self._by_client[flow.client_conn] = await self._authenticate(header)
+            identity, expires = await self._authenticate(header)
         except AuthError as e:
             self._refuse(flow, str(e))
             return False
+        # A JWT (it has an expiry) is verified once; a static token is re-checked per request.
+        self._by_client[flow.client_conn] = (identity, expires, header if expires is None else None)
         return True
 
     async def identity_for(self, flow: http.HTTPFlow) -> Identity | None:
@@ -68,7 +77,15 @@ class ProxyAuth:
             if header is not None:  # a plain-HTTP proxied request carries its own credentials
                 identity, expires = await self._authenticate(header)
             elif flow.client_conn in self._by_client:
-                identity, expires = self._by_client[flow.client_conn]
+                identity, expires, proof = self._by_client[flow.client_conn]
+                if proof is not None:
+                    try:
+                        identity, expires = self.directory.authenticate(proof)
+                    except AuthError as e:
+                        del self._by_client[flow.client_conn]
+                        raise AuthError(
+                            f"the connection's credentials are no longer valid: {e}"
+                        ) from e
             else:
                 raise AuthError(
                     "proxy authentication required: set agent credentials in the proxy URL"
@@ -82,4 +99,9 @@ class ProxyAuth:
 
     def _refuse(self, flow: http.HTTPFlow, message: str) -> None:
         flow.response = proxy_auth_required(message)
-        log.info("407 %s %s: %s", flow.request.method, flow.request.pretty_host, message)
+        log.info(
+            "407 %s %s: %s",
+            printable(flow.request.method, 20),
+            printable(flow.request.pretty_host, 300),
+            printable(message),
+        )

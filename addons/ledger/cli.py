@@ -33,6 +33,7 @@ from holdgate.ledger.reaping import (
     gateway_proxy_url,
 )
 from holdgate.ledger.store import Created, Filter, Ledger, ledger_path
+from holdgate.printable import printable
 
 EXIT_REFUSED = 1
 EXIT_INVALID = 2
@@ -103,12 +104,13 @@ def table(rows: list[Row], now: float) -> list[str]:
         cells.append(
             (
                 span(now - e.created_at),
-                e.agent or "-",
-                e.run_id or "-",
-                e.target,
-                e.where,
+                # Names come from agents and tokens: escaped, so no cell can forge a row.
+                printable(e.agent or "-", 120),
+                printable(e.run_id or "-", 80),
+                printable(e.target, 80),
+                printable(e.where, 300),
                 expiry(e, now),
-                state_text(row, now),
+                printable(state_text(row, now), 300),
             )
         )
     widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]) - 1)]

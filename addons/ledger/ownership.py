@@ -22,15 +22,19 @@ from holdgate.identity.upstream_credentials import CredentialUnavailable
 from holdgate.kube.request_info import classify
 from holdgate.ledger.reaping import Result, delete_through_gateway
 from holdgate.ledger.store import (
+    OWNED_PREFIX,
     Created,
     Filter,
+    ForeignMetadata,
     Ledger,
     created_from_response,
     label_body,
     ledger_path,
     ownership_metadata,
+    strip_owned_metadata,
 )
 from holdgate.policy.rules import Rule
+from holdgate.printable import printable
 from holdgate.request.facts import RequestFacts
 
 log = logging.getLogger("holdgate")
@@ -39,6 +43,9 @@ KEY = "ownership"
 JSON = "application/json"
 # A deletion the reaper loop could not make is retried after this many intervals.
 RETRY_AFTER_INTERVALS = 60
+
+
+_WRITE_VERBS = frozenset({"create", "update", "patch"})
 
 
 def _is_create(facts: RequestFacts) -> bool:
@@ -94,6 +101,35 @@ class Ownership:
         self.reaper_token = reaper_token
 
     # --- request side ------------------------------------------------------------------
+
+    @staticmethod
+    def drop_foreign_metadata(request: http.Request, facts: RequestFacts) -> str:
+        """Take the holdgate.dev/* labels and annotations an agent sent out of a write's body.
+
+        Returns "" when the body is (now) clean, else why it must be refused.
+        """
+        kube = facts.kube
+        if kube is None or kube.verb not in _WRITE_VERBS or not request.raw_content:
+            return ""
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            if OWNED_PREFIX.encode() in request.raw_content.lower():
+                return "holdgate.dev/ metadata in a compressed body cannot be removed"
+            return ""  # the apiserver refuses encoded bodies; nothing of ours can be in one
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            body, dropped = strip_owned_metadata(request.raw_content, media_type)
+        except ForeignMetadata as e:
+            return f"holdgate.dev/ labels and annotations are the gateway's: {e}"
+        if dropped:
+            request.content = body
+            log.info(
+                "ownership: dropped the agent's own %s from a %s of %s",
+                printable(", ".join(sorted(set(dropped)))),
+                kube.verb,
+                kube.resource,
+            )
+        return ""
 
     def before_upstream(self, flow: http.HTTPFlow, facts: RequestFacts, rule: Rule | None) -> None:
         """Put the agent, run and expiry on what a create makes (in the body when possible)."""

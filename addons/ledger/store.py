@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import yaml
+
 from holdgate.kube.protobuf import MAGIC, ProtobufError, decode_envelope, object_meta
 from holdgate.kube.request_info import KubeRequest
 
@@ -24,6 +26,8 @@ LABEL_MANAGED = "holdgate.dev/managed"
 ANNOTATION_AGENT = "holdgate.dev/agent"
 ANNOTATION_RUN = "holdgate.dev/run-id"
 ANNOTATION_EXPIRES = "holdgate.dev/expires"
+# Every label and annotation under this prefix is the gateway's: agents' own are dropped.
+OWNED_PREFIX = "holdgate.dev/"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS created (
@@ -181,6 +185,95 @@ def ownership_metadata(
             "%Y-%m-%dT%H:%M:%SZ"
         )
     return {"labels": {LABEL_MANAGED: "true"}, "annotations": annotations}
+
+
+class ForeignMetadata(ValueError):
+    """A body sets the gateway's metadata in a way the gateway cannot take out."""
+
+
+def _owned(key: object) -> bool:
+    return isinstance(key, str) and key.lower().startswith(OWNED_PREFIX)
+
+
+def _drop_owned(meta: Any) -> list[str]:
+    """Remove holdgate.dev/* labels and annotations from an object's metadata; their keys."""
+    dropped: list[str] = []
+    if not isinstance(meta, dict):
+        return dropped
+    for section in ("labels", "annotations"):
+        values = meta.get(section)
+        if isinstance(values, dict):
+            for key in [k for k in values if _owned(k)]:
+                del values[key]
+                dropped.append(key)
+    return dropped
+
+
+def _drop_owned_in_document(document: Any) -> list[str]:
+    if not isinstance(document, dict):
+        return []
+    dropped = _drop_owned(document.get("metadata"))
+    # Workload templates (a Deployment's pods) carry metadata of their own.
+    spec = document.get("spec")
+    while isinstance(spec, dict):
+        template = spec.get("template") or spec.get("jobTemplate")
+        if not isinstance(template, dict):
+            break
+        dropped += _drop_owned(template.get("metadata"))
+        spec = template.get("spec")
+    return dropped
+
+
+def _drop_owned_in_json_patch(operations: list[Any]) -> tuple[list[Any], list[str]]:
+    kept: list[Any] = []
+    dropped: list[str] = []
+    for op in operations:
+        if not isinstance(op, dict):
+            raise ForeignMetadata("a JSON patch operation is not an object")
+        paths = [p for p in (op.get("path"), op.get("from")) if isinstance(p, str)]
+        named = [p for p in paths if "holdgate.dev~1" in p.lower()]
+        if named:
+            dropped += named
+            continue
+        value = op.get("value")
+        path = op.get("path", "")
+        if path.endswith(("/labels", "/annotations")) and isinstance(value, dict):
+            for key in [k for k in value if _owned(k)]:
+                del value[key]
+                dropped.append(key)
+        elif path.endswith("/metadata"):
+            dropped += _drop_owned(value)
+        elif path in ("", "/"):
+            dropped += _drop_owned_in_document(value)
+        kept.append(op)
+    return kept, dropped
+
+
+def strip_owned_metadata(body: bytes, media_type: str) -> tuple[bytes, list[str]]:
+    """The body without the holdgate.dev/* labels and annotations an agent set, and their keys.
+
+    JSON and YAML bodies (objects, merge and strategic-merge patches, apply configurations,
+    JSON patches) are rewritten as JSON when they name any; protobuf bodies cannot be, so
+    one that names the prefix raises ForeignMetadata, as does a body that cannot be read.
+    """
+    lowered = body.lower()
+    if media_type == "application/vnd.kubernetes.protobuf":
+        if OWNED_PREFIX.encode() in lowered:
+            raise ForeignMetadata("a protobuf body sets holdgate.dev/ metadata")
+        return body, []
+    if b"holdgate" not in lowered and b"\\u" not in lowered and b"\\x" not in lowered:
+        return body, []  # cannot name the prefix, even escaped
+    try:
+        document = yaml.safe_load(body) if media_type.endswith("yaml") else json.loads(body)
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ForeignMetadata(f"the body cannot be read: {e}") from e
+    if isinstance(document, list):
+        document, dropped = _drop_owned_in_json_patch(document)
+    else:
+        dropped = _drop_owned_in_document(document)
+    if not dropped:
+        return body, []
+    return json.dumps(document, separators=(",", ":")).encode(), dropped
 
 
 def label_body(body: bytes, metadata: dict[str, dict[str, str]]) -> bytes | None:
