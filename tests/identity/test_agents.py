@@ -15,6 +15,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from holdgate.approvals.page import token_digest
+from holdgate.identity.agents import (
+    REAPER_AGENT,
+    AgentDirectory,
+    AuthError,
+    directory_from_config,
+)
 from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.conftest import (
     SIM_TOKEN,
@@ -352,3 +358,57 @@ def test_holdgate_kubeconfig_writes_a_placeholder_when_injecting(
     assert written["users"][0]["user"] == {"token": "injected-by-holdgate"}
     assert SIM_TOKEN not in out.read_text()
     assert kubectl(out, "get", "ns").returncode == 0
+
+
+def _directory(tmp_path: Path, jwk: dict) -> AgentDirectory:
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    section = {
+        "agents": [{"name": "ci-bot", "token_sha256": hashlib.sha256(b"t").hexdigest()}],
+        "oidc": [
+            {
+                "issuer": ISSUER,
+                "audience": AUDIENCE,
+                "jwks_file": "jwks.json",
+                "groups_claim": "groups",
+                "run_id_claim": "run_id",
+            }
+        ],
+    }
+    return directory_from_config(section, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("claims", "refusal"),
+    [
+        ({"sub": "ci-bot"}, "reserved agent"),
+        ({"sub": REAPER_AGENT}, "reserved agent"),
+        ({"sub": "repo:acme/app", "groups": [REAPER_AGENT]}, "reserved group"),
+        ({"sub": "repo:acme/app\nallow GET forged"}, "not a valid agent name"),
+        ({"sub": "repo:acme/app", "run_id": "run 1\r\nforged"}, "not a valid run id"),
+    ],
+)
+def test_token_names_stay_in_their_own_namespace(
+    tmp_path: Path, keys: dict, claims: dict, refusal: str
+) -> None:
+    key, jwk = keys["k1"]
+    directory = _directory(tmp_path, jwk)
+    now = int(time.time())
+    token = jwt.encode(
+        {"iss": ISSUER, "aud": AUDIENCE, "exp": now + 300, **claims},
+        key,
+        algorithm="RS256",
+        headers={"kid": "k1"},
+    )
+    header = "Basic " + base64.b64encode(f"x:{token}".encode()).decode()
+    with pytest.raises(AuthError, match=refusal):
+        directory.authenticate(header)
+
+
+def test_run_ids_in_proxy_user_names_are_label_values(tmp_path: Path, keys: dict) -> None:
+    directory = _directory(tmp_path, keys["k1"][1])
+    good = "Basic " + base64.b64encode(b"ci-bot+run-42:t").decode()
+    assert directory.authenticate(good)[0].run_id == "run-42"
+    for run in ("run 1", "a/b", "x" * 64, "-lead", "new\nline"):
+        bad = "Basic " + base64.b64encode(f"ci-bot+{run}:t".encode()).decode()
+        with pytest.raises(AuthError, match="invalid run id"):
+            directory.authenticate(bad)
