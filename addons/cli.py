@@ -56,9 +56,15 @@ def runtime_warnings(config: Config) -> list[str]:
             if not os.environ.get(name):
                 warnings.append(f"target {target.name}: environment variable {name} is not set")
     for agent in config.agents.agents.values():
-        if agent.token_sha256_file is not None and not agent.token_sha256_file.exists():
+        digest_file = agent.token_sha256_file
+        if digest_file is None:
+            continue
+        if not digest_file.exists():
+            warnings.append(f"agent {agent.name}: token file {digest_file} does not exist (yet)")
+        elif agent.expected_digest({}) is None:
             warnings.append(
-                f"agent {agent.name}: token file {agent.token_sha256_file} does not exist (yet)"
+                f"agent {agent.name}: token file {digest_file} holds no SHA-256 digest; the agent "
+                'cannot authenticate (write it with: printf %s "$TOKEN" | sha256sum > FILE)'
             )
     return warnings
 
@@ -198,8 +204,17 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     out = Path(args.out)
     write_private(out, yaml.safe_dump(result, sort_keys=False))
-    print(f"wrote {out} (context {result['current-context']}, proxy-url {proxy_url})")
+    print(f"wrote {out} (context {result['current-context']}, proxy-url {_redacted(proxy_url)})")
     return 0
+
+
+def _redacted(url: str) -> str:
+    """A URL with its password (an agent's proxy token) replaced, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def cmd_run(args: argparse.Namespace) -> int:

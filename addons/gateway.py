@@ -18,13 +18,19 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from holdgate import unsafe_options
+from holdgate import request_limits, unsafe_options
 from holdgate.approvals.addon import Approvals, hold_record
 from holdgate.approvals.hold import HoldState
 from holdgate.archive.addon import Archive
 from holdgate.config.archive_settings import ArchiveSettings, ArchiveSettingsError
 from holdgate.config.gateway_ca import ensure_ca
-from holdgate.config.gateway_config import Config, TargetKind, Upstream, load_config
+from holdgate.config.gateway_config import (
+    EMBEDDED_DEFAULT,
+    Config,
+    TargetKind,
+    Upstream,
+    load_config,
+)
 from holdgate.config.state_files import admin_token, secret_file, write_private
 from holdgate.config.yaml_source import SourceError, SourceErrors
 from holdgate.identity.agents import Identity
@@ -47,6 +53,8 @@ log = logging.getLogger("holdgate")
 
 METADATA_KEY = "holdgate"
 NO_APPROVAL_CHANNEL = "approval required; no approval channel configured"
+# Seconds a client is told to wait when it has too many requests held.
+HOLD_RETRY_AFTER = 30
 
 
 def _fingerprint(paths: list[Path]) -> tuple[tuple[str, float, int], ...]:
@@ -80,9 +88,11 @@ class Gateway:
         self.archive = Archive()
         self.mask_key: bytes | None = None
         self._prepared: tuple[Config, LoadedPolicy] | None = None
+        self._running = False
         self.log_allowed = False
 
     def load(self, loader: Any) -> None:
+        request_limits.limit_request_heads()
         loader.add_option(
             "holdgate_config",
             str,
@@ -113,6 +123,11 @@ class Gateway:
             raise exceptions.OptionsError(str(e)) from e
         if forced := unsafe_options.forced_updates(values):
             ctx.options.update(**forced)
+        if "holdgate_config" in updated and not ctx.options.holdgate_config and not self._running:
+            # mitmproxy configures an addon with every default before the command line is
+            # applied, and rolls a refused value back to the previous one: the embedded
+            # default is loaded only if nothing else is by the time the proxy runs.
+            updated = updated - {"holdgate_config"}
         if "holdgate_config" in updated:
             path = Path(ctx.options.holdgate_config) if ctx.options.holdgate_config else None
             prepared, self._prepared = self._prepared, None
@@ -183,6 +198,9 @@ class Gateway:
     def _apply_mitmproxy_options(self) -> None:
         assert self.config is not None
         updates: dict[str, Any] = dict(unsafe_options.FORCED)
+        if not ctx.options.body_size_limit:
+            # Nothing unbounded: what one flow may make the gateway buffer.
+            updates["body_size_limit"] = request_limits.DEFAULT_BODY_SIZE_LIMIT
         if ctx.options.confdir == "~/.mitmproxy":
             updates["confdir"] = str(self.config.certs_dir)
         client_certs = self._client_cert_dir()
@@ -249,6 +267,9 @@ class Gateway:
             self._apply_mitmproxy_options()
 
     async def running(self) -> None:
+        self._running = True
+        if self.config is None:
+            ctx.options.update(holdgate_config=str(EMBEDDED_DEFAULT))
         if self.reload_interval > 0 and self._reload_task is None:
             self._reload_task = asyncio.create_task(self._watch_rules())
         if self.config is not None:
@@ -296,7 +317,10 @@ class Gateway:
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         """Authenticate the agent, and refuse tunnels to undeclared hosts when the default is deny."""
-        if self.config is None or flow.response:
+        if flow.response:
+            return
+        if self.config is None:
+            _unconfigured(flow)
             return
         if not await self.auth.check_connect(flow):
             return
@@ -312,13 +336,10 @@ class Gateway:
             log.info("deny CONNECT %s:%d: not a declared target", printable(host, 300), port)
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if (
-            flow.response
-            or flow.error
-            or not flow.live
-            or self.config is None
-            or self.loaded is None
-        ):
+        if flow.response or flow.error or not flow.live:
+            return
+        if self.config is None or self.loaded is None:
+            _unconfigured(flow)  # no policy is no permission
             return
         identity = await self.auth.identity_for(flow)
         if flow.response:  # 407: no or bad agent credentials; nothing goes upstream
@@ -331,6 +352,12 @@ class Gateway:
             }
             return
         facts = self.facts_for(flow, identity)
+        if too_large := _too_large(flow.request, facts):
+            facts = dataclasses.replace(facts, problem=too_large)
+            decision = Decision(Action.DENY, None, f"refused: {too_large}")
+            self._record(flow, facts, decision)
+            self._refuse(flow, facts, decision.reason, decision, code=413)
+            return
         if facts.kube is not None and flow.request.raw_content:
             # The gateway owns holdgate.dev/* metadata: what an agent sent is dropped (or the
             # request refused when it cannot be), before the decision and any hold.
@@ -378,6 +405,14 @@ class Gateway:
                 "allow %s: covered by the approval window of hold %s", _describe(facts), covering
             )
             self._route(flow, facts, decision.rule)
+            return
+        if too_many := self.approvals.over_limit(facts.identity.agent if facts.identity else ""):
+            # Every hold notifies reviewers: an agent cannot flood them. 429 says "later".
+            meta["hold"] = {"state": "refused", "reason": too_many}
+            log.info("refusing to hold %s: %s", _describe(facts), too_many)
+            self._refuse(flow, facts, too_many, decision, code=429)
+            if flow.response is not None:
+                flow.response.headers["Retry-After"] = str(HOLD_RETRY_AFTER)
             return
         hold = await self.approvals.hold(flow, facts, decision, self._shown_masks(facts))
         meta["hold"] = hold_record(hold)
@@ -516,12 +551,18 @@ class Gateway:
         return masks.merge([KUBERNETES_SECRET_MASKS])
 
     def _refuse(
-        self, flow: http.HTTPFlow, facts: RequestFacts, message: str, decision: Decision
+        self,
+        flow: http.HTTPFlow,
+        facts: RequestFacts,
+        message: str,
+        decision: Decision,
+        code: int = 403,
     ) -> None:
         kubernetes = facts.target is not None and facts.target.kind is TargetKind.KUBERNETES
         answer = refusal(
             message,
             kubernetes=kubernetes,
+            code=code,
             kube=facts.kube,
             rule=decision.rule.id if decision.rule else None,
         )
@@ -560,6 +601,28 @@ def mask_key(state_dir: Path) -> bytes:
     if os.environ.get("HOLDGATE_MASK_KEY"):
         return os.environ["HOLDGATE_MASK_KEY"].encode()
     return secret_file(state_dir / "mask-key", lambda: secrets.token_hex(32)).encode()
+
+
+def _unconfigured(flow: http.HTTPFlow) -> None:
+    flow.response = http.Response.make(
+        403,
+        b"holdgate: no configuration is loaded; nothing is allowed\n",
+        {"Content-Type": "text/plain"},
+    )
+
+
+def _too_large(request: http.Request, facts: RequestFacts) -> str:
+    """Why a request body is over its target's limit ("" when it is not)."""
+    body = request.raw_content
+    if not body or facts.target is None:
+        return ""
+    target = facts.target
+    limit = target.max_request_body
+    if limit is None:
+        limit = request_limits.MAX_REQUEST_BODY[str(target.kind)]
+    if len(body) <= limit:
+        return ""
+    return f"request body of {len(body)} bytes is over target {target.name}'s limit of {limit}"
 
 
 def request_authority(flow: http.HTTPFlow) -> Authority:

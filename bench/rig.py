@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LISTENING = re.compile(r"proxy listening at (\*|\[?[0-9a-f.:]+?\]?):(\d+)")
-PAGE = re.compile(r"approvals page listening at (\S+) \(admin token: (\S+)\)")
+PAGE = re.compile(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
 RECORDED_PREFIX = b"/api/v1/namespaces/bench/secrets/"
 CONFIGMAP = json.dumps(
     {
@@ -254,7 +254,10 @@ def start_holdgate(
     proxy = Proxy("holdgate", process, port, home / "certs" / "mitmproxy-ca-cert.pem", log, 0.0)
     if "approvals:" in config.read_text():
         m = _wait_for_log(process, log, PAGE)
-        proxy.page_url, proxy.admin_token = m.group(1).rstrip("/"), m.group(2)
+        proxy.page_url, proxy.admin_token = (
+            m.group(1).rstrip("/"),
+            Path(m.group(2)).read_text().strip(),
+        )
     proxy.started_in = time.monotonic() - started
     return proxy
 

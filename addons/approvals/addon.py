@@ -88,13 +88,12 @@ class Approvals:
             settings.page_host if settings.page_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         )
         self.desk_url = f"http://{host}:{port}/"
-        loopback = settings.page_host in ("127.0.0.1", "localhost", "::1")
-        shown = (
-            f"admin token: {token}"
-            if loopback
-            else f"admin token in {admin_token_path(self.config.state_dir)}"
+        # The token itself never goes to the log: logs are collected and kept.
+        log.info(
+            "holdgate approvals page listening at %s (admin token in %s)",
+            self.desk_url,
+            admin_token_path(self.config.state_dir),
         )
-        log.info("holdgate approvals page listening at %s (%s)", self.desk_url, shown)
         _write_desk_file(self.config.state_dir, self.desk_url)
         if self.slack_settings is not None:
             from holdgate.approvals.slack.channel import SlackChannel
@@ -124,6 +123,22 @@ class Approvals:
     def client_disconnected(self, client: connection.Client) -> None:
         if self.desk is not None:
             self.desk.cancel_client(client.id, "the client disconnected while waiting")
+
+    def over_limit(self, agent: str) -> str:
+        """Why one more hold for this agent would be too many ("" when it is not)."""
+        if self.desk is None or self.config is None or self.config.approvals is None:
+            return ""
+        settings = self.config.approvals
+        pending = self.desk.pending()
+        if len(pending) >= settings.max_pending:
+            return f"{len(pending)} requests are already waiting for approval (the gateway's limit)"
+        mine = sum(1 for h in pending if h.agent == agent)
+        if mine >= settings.max_pending_per_agent:
+            return (
+                f"this agent already has {mine} requests waiting for approval "
+                f"(limit {settings.max_pending_per_agent}); retry once they are decided"
+            )
+        return ""
 
     async def hold(
         self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision, masks: MaskSet

@@ -54,6 +54,8 @@ class Target:
     ca: Path | None
     default: str
     credential: UpstreamCredential | None = None
+    # Largest request body accepted (None: the kind's default, holdgate.request_limits).
+    max_request_body: int | None = None
 
     def serves(self, host: str, port: int) -> bool:
         """Whether an agent asking for host:port means this target.
@@ -97,6 +99,8 @@ class ApprovalSettings:
     page_port: int
     local_reviewers: tuple[tuple[str, str], ...]  # (name, token SHA-256)
     slack: dict[str, Any] | None
+    max_pending_per_agent: int = 20
+    max_pending: int = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +231,7 @@ def load_config(path: Path | None = None) -> Config:
                 ca=ca,
                 default=t.get("default", "deny"),
                 credential=credential_from_config(t.get("credential"), base),
+                max_request_body=t.get("max_request_body"),
             )
         )
     sandbox = data.get("sandbox", {}).get("target")
@@ -260,6 +265,8 @@ def load_config(path: Path | None = None) -> Config:
                 for name, spec in (section.get("local_reviewers") or {}).items()
             ),
             slack=section.get("slack"),
+            max_pending_per_agent=section.get("max_pending_per_agent", 20),
+            max_pending=section.get("max_pending", 500),
         )
     if errors:
         raise SourceErrors(errors)

@@ -103,6 +103,10 @@ class StaticAgent:
         return digest
 
 
+# An unknown key id refreshes the key set at most this often (a rotation is seen within it).
+JWKS_UNKNOWN_KID_INTERVAL = 30.0
+
+
 @dataclass
 class JwksSource:
     """An issuer's signing keys, from a file or a URL; cached, refreshed on an unknown key id."""
@@ -113,13 +117,17 @@ class JwksSource:
     _keys: dict[str, Any] = field(default_factory=dict)
     _loaded_at: float = 0.0
     _file_mtime: float = -1.0
+    _unknown_refresh_at: float = -JWKS_UNKNOWN_KID_INTERVAL
 
     def key(self, kid: str | None) -> Any:
-        """The signing key for a key id (refreshing once if it is unknown)."""
+        """The signing key for a key id (refreshing if it is unknown, at most every
+        JWKS_UNKNOWN_KID_INTERVAL seconds: made-up key ids cannot make the gateway fetch)."""
         if self._stale():
             self._refresh()
         found = self._lookup(kid)
-        if found is None:
+        now = time.monotonic()
+        if found is None and now - self._unknown_refresh_at >= JWKS_UNKNOWN_KID_INTERVAL:
+            self._unknown_refresh_at = now
             self._refresh()
             found = self._lookup(kid)
         if found is None:

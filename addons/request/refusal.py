@@ -17,7 +17,13 @@ class Refusal:
     body: bytes
 
 
-_REASONS = {401: "Unauthorized", 403: "Forbidden", 407: "ProxyAuthenticationRequired"}
+_REASONS = {
+    401: "Unauthorized",
+    403: "Forbidden",
+    407: "ProxyAuthenticationRequired",
+    413: "RequestEntityTooLarge",
+    429: "TooManyRequests",
+}
 
 
 def kubernetes_status(

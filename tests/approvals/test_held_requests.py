@@ -90,8 +90,8 @@ def gateway(
 
 @pytest.fixture
 def page(gateway: GatewayProcess) -> Iterator[Page]:
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token: (\S+)\)")
-    with Page(m.group(1), m.group(2)) as p:
+    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+    with Page(m.group(1), Path(m.group(2)).read_text().strip()) as p:
         yield p
 
 

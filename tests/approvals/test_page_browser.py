@@ -84,8 +84,8 @@ def gateway(tmp_path: Path, simulator: KubeSimulator) -> Iterator[GatewayProcess
 def test_approve_from_the_page(
     browser: webdriver.Chrome, gateway: GatewayProcess, tmp_path: Path, simulator: KubeSimulator
 ) -> None:
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token: (\S+)\)")
-    url, token = m.group(1), m.group(2)
+    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+    url, token = m.group(1), Path(m.group(2)).read_text().strip()
     wait = WebDriverWait(browser, 20)
     browser.get(url)
     wait.until(ec.visibility_of_element_located((By.ID, "token"))).send_keys(token)

@@ -96,7 +96,7 @@ def test_flows_are_archived_masked_and_replayable(tmp_path: Path, simulator: Kub
             == 0
         )
         assert kubectl(kubeconfig, "get", "secrets", "-n", "prod").returncode != 0
-        m = gw.wait_for_output(r"approvals page listening at (\S+) \(admin token: (\S+)\)")
+        m = gw.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -111,7 +111,7 @@ def test_flows_are_archived_masked_and_replayable(tmp_path: Path, simulator: Kub
                 timeout=60,
                 headers={"Authorization": f"Bearer {CANARY}", "Cookie": f"session={CANARY}"},
             ) as agent,
-            Page(m.group(1), m.group(2)) as page,
+            Page(m.group(1), Path(m.group(2)).read_text().strip()) as page,
         ):
             thread = threading.Thread(
                 target=lambda: result.update(

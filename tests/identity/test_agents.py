@@ -279,7 +279,7 @@ def test_jwks_rotation_refreshes_on_unknown_kid(gateway: GatewayProcess, keys) -
 
 
 def test_owner_cannot_approve_own_agents_request(gateway: GatewayProcess, tmp_path: Path) -> None:
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token: (\S+)\)")
+    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
     import threading
 
     result: dict[str, httpx.Response] = {}
@@ -289,7 +289,10 @@ def test_owner_cannot_approve_own_agents_request(gateway: GatewayProcess, tmp_pa
         "metadata": {"name": "owned"},
         "stringData": {"k": "v"},
     }
-    with agent(gateway, "ci-bot+job-9", CI_TOKEN) as client, Page(m.group(1), m.group(2)) as page:
+    with (
+        agent(gateway, "ci-bot+job-9", CI_TOKEN) as client,
+        Page(m.group(1), Path(m.group(2)).read_text().strip()) as page,
+    ):
         thread = threading.Thread(
             target=lambda: result.update(
                 r=client.post(f"{K8S}/api/v1/namespaces/sandbox/secrets", json=secret)

@@ -460,10 +460,10 @@ def test_resources_then_reap_through_policy(
     assert "secrets/lc-left -n lc-ns" in dry and "namespaces/lc-ns" in dry and "vanished" not in dry
     assert [r for r in simulator.requests if r.method == "DELETE"] == []
 
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token: (\S+)\)")
+    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
     with (
         Background(holdgate(gateway, "reap", "--run", "run-lc", "--yes")) as reap,
-        Page(m.group(1), m.group(2)) as page,
+        Page(m.group(1), Path(m.group(2)).read_text().strip()) as page,
     ):
         hold = page.wait_pending("reaper-namespace-deletes")[0]
         assert hold["request"]["identity"]["agent"] == "holdgate-reaper"
@@ -499,10 +499,10 @@ def test_reap_refused_by_policy_exits_non_zero(
     assert unbounded.returncode == 2 and "say what to delete" in unbounded.stderr
     kc = agent_kubeconfig(gateway, tmp_path / "kc", "run-deny")
     ok(kubectl(kc, "create", "namespace", "deny-ns"))
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token: (\S+)\)")
+    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
     with (
         Background(holdgate(gateway, "reap", "--run", "run-deny", "--yes")) as reap,
-        Page(m.group(1), m.group(2)) as page,
+        Page(m.group(1), Path(m.group(2)).read_text().strip()) as page,
     ):
         hold = page.wait_pending("reaper-namespace-deletes")[0]
         page.decide(hold["id"], False, reason="keep it for the post-mortem")

@@ -264,8 +264,8 @@ def gateway(
 
 @pytest.fixture
 def page(gateway: GatewayProcess) -> Iterator[Page]:
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token: (\S+)\)")
-    with Page(m.group(1), m.group(2)) as p:
+    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+    with Page(m.group(1), Path(m.group(2)).read_text().strip()) as p:
         yield p
 
 
@@ -621,8 +621,10 @@ def test_slack_down_at_start_holds_still_expire_into_denial(
             rf"hold {hold_id} expired: create secrets {name} -n slack-expiry: approval expired"
         )
         gw.wait_for_output(rf"slack: hold {hold_id} has no Slack message to update")
-        page_line = gw.wait_for_output(r"approvals page listening at (\S+) \(admin token: (\S+)\)")
-        with Page(page_line.group(1), page_line.group(2)) as page:
+        page_line = gw.wait_for_output(
+            r"approvals page listening at (\S+) \(admin token in (\S+)\)"
+        )
+        with Page(page_line.group(1), Path(page_line.group(2)).read_text().strip()) as page:
             record = page.client.get(
                 f"{page.url}/api/holds/{hold_id}", headers={"Authorization": f"Bearer {page.admin}"}
             ).json()
