@@ -106,13 +106,17 @@ def test_one_agent_cannot_flood_reviewers_with_holds(
     m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
     url, token = m.group(1), Path(m.group(2)).read_text().strip()
     results: dict[int, httpx.Response] = {}
+    errors: dict[int, BaseException] = {}
 
     def create(i: int, who: tuple[str, str] = (AGENT, TOKEN)) -> None:
         body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"s{i}"}}
-        with client(gateway, *who) as c:
-            results[i] = c.post(
-                "https://kubernetes.default.svc/api/v1/namespaces/sandbox/secrets", json=body
-            )
+        try:
+            with client(gateway, *who) as c:
+                results[i] = c.post(
+                    "https://kubernetes.default.svc/api/v1/namespaces/sandbox/secrets", json=body
+                )
+        except httpx.HTTPError as e:
+            errors[i] = e
 
     threads = [threading.Thread(target=create, args=(i,)) for i in range(2)]
     for t in threads:
@@ -134,5 +138,6 @@ def test_one_agent_cannot_flood_reviewers_with_holds(
     for t in threads:
         t.join(timeout=30)
     assert len(held) == 2
+    assert not errors, f"{errors}\n{gateway.output()[-4000:]}"
     assert all(results[i].status_code == 403 for i in (0, 1, 3))
     assert not simulator.requests_to("/api/v1/namespaces/sandbox/secrets", "POST")
