@@ -36,7 +36,7 @@ def runtime_warnings(config: Config) -> list[str]:
     for target in config.targets:
         if target.credential is None:
             continue
-        if target.upstream is None:
+        if target.upstream is None and target.name != config.sandbox_target:
             warnings.append(
                 f"target {target.name}: carries a credential but declares no `upstream`; the "
                 "credential goes to whichever declared host:port an agent names "

@@ -53,9 +53,40 @@ class Action(StrEnum):
 # Lower is more restrictive; the most restrictive matching rule decides.
 _RESTRICTIVENESS = {Action.DENY: 0, Action.APPROVE: 1, Action.ALLOW: 2}
 
-# exec/attach/portforward: since Kubernetes 1.31 the apiserver authorizes a WebSocket GET as
-# `create`, so a rule naming either verb must catch both transports.
+# exec/attach/portforward arrive as a WebSocket GET (verb get) or a SPDY POST (create); since
+# Kubernetes 1.35 the apiserver also requires `create` for the GET (feature gate
+# AuthorizePodWebsocketUpgradeCreatePermission, beta, on by default). Deny and approve rules
+# naming either verb catch both transports; an allow rule must grant `create`.
 _CONNECT_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
+
+# Subresources that open a shell, a tunnel to a pod, node or service, a debug container, or mint
+# a credential: an allow rule grants them only by naming them in `resources` (never through
+# `*`, `pods/*` or an omitted `resources`), and a target's `default: allow` never does. Stricter
+# than RBAC on purpose: a read rule must not open a shell by accident.
+PRIVILEGED_SUBRESOURCES = frozenset(
+    {
+        "pods/exec",
+        "pods/attach",
+        "pods/portforward",
+        "pods/proxy",
+        "pods/ephemeralcontainers",
+        "services/proxy",
+        "nodes/proxy",
+        "serviceaccounts/token",
+    }
+)
+
+
+def privileged_power(facts: RequestFacts) -> str:
+    """The privileged subresource (or the `proxy` verb) a request uses, or ""."""
+    kube = facts.kube
+    if kube is None or not kube.resource_request:
+        return ""
+    if kube.verb == "proxy":
+        return f"{kube.resource} (verb proxy)"
+    combined = f"{kube.resource}/{kube.subresource}" if kube.subresource else ""
+    return combined if combined in PRIVILEGED_SUBRESOURCES else ""
+
 
 DEFAULT_APPROVAL_TIMEOUT = 600.0
 
@@ -208,9 +239,15 @@ class Policy:
                 if rule.matches(facts):
                     return Decision(rule.action, rule, _reason(rule))
         action = Action(facts.target.default)
-        return Decision(
-            action, None, f"no rule matched; target {facts.target.name} default {action}"
-        )
+        reason = f"no rule matched; target {facts.target.name} default {action}"
+        if power := privileged_power(facts):
+            reason = (
+                f"no rule matched; {power} is privileged: only an allow rule that names it in "
+                "`resources` allows it (`*`, read verbs and a target's default never do)"
+            )
+            if action is Action.ALLOW:
+                action = Action.DENY
+        return Decision(action, None, reason)
 
 
 # --- the index ------------------------------------------------------------------------------
@@ -473,6 +510,32 @@ def _verbs_matcher(verbs: list[str]) -> Matcher:
     return match
 
 
+def _named_power_matcher(resources: list[str] | None, verbs: list[str] | None) -> Matcher:
+    """For allow rules: a privileged subresource only where `resources` names it exactly."""
+    named = frozenset(resources or ()) & PRIVILEGED_SUBRESOURCES
+    granted = frozenset(verbs or ("*",))
+    may_create = "*" in granted or "create" in granted
+
+    def match(f: RequestFacts) -> bool | None:
+        kube = f.kube
+        if kube is None or not kube.resource_request:
+            return True
+        if kube.verb == "proxy":
+            return "proxy" in granted and verbs is not None
+        if not kube.subresource:
+            return True
+        combined = f"{kube.resource}/{kube.subresource}"
+        if combined not in PRIVILEGED_SUBRESOURCES:
+            return True
+        if combined not in named:
+            return False
+        if kube.resource == "pods" and kube.subresource in _CONNECT_SUBRESOURCES:
+            return may_create
+        return True
+
+    return match
+
+
 def _resource_names_matcher(names: list[str]) -> Matcher:
     allowed = frozenset(names)
 
@@ -695,6 +758,8 @@ def _compile_matchers(
     if any(k in raw for k in _KUBE_FIELDS):
         matchers.append(_kube_only)
     matchers.extend(make(raw[key]) for key, make in _FIELD_MATCHERS if key in raw)
+    if raw.get("action") == "allow":
+        matchers.append(_named_power_matcher(raw.get("resources"), raw.get("verbs")))
     if "body" in raw:
         conditions, body_errors = _compile_body(doc, loc + ("body",), raw["body"])
         errors.extend(body_errors)
