@@ -102,7 +102,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     failures: list[object] = [*missing_secrets(config), *run_rule_tests(config, loaded)]
     for failure in failures:
         print(failure, file=sys.stderr)
-    for warning in runtime_warnings(config):
+    for warning in [*loaded.warnings, *runtime_warnings(config)]:
         print(f"warning: {warning}", file=sys.stderr)
     if failures:
         return EXIT_INVALID
@@ -114,7 +114,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from holdgate.identity.agents import Identity
     from holdgate.policy.rule_tests import decide_url
     from holdgate.policy.rules import load_policy
     from holdgate.request.flow_filter import compile_filter
@@ -130,7 +129,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     if body and not content_type and body.startswith(b"k8s\x00"):
         content_type = "application/vnd.kubernetes.protobuf"
-    identity = Identity(agent=args.agent, groups=tuple(args.group)) if args.agent else None
+    identity = config.agents.identity_of(args.agent, tuple(args.group)) if args.agent else None
     decision, facts = decide_url(
         config,
         loaded,

@@ -41,7 +41,8 @@ from holdgate.ledger.reaping import proxy_url_file
 from holdgate.masking.masks import KUBERNETES_SECRET_MASKS, MaskSet, mask_request_body
 from holdgate.masking.responses import ResponseMasking, kind_hint
 from holdgate.metrics import GatewayMetrics
-from holdgate.policy.rules import Action, Decision, LoadedPolicy, Rule, load_policy
+from holdgate.policy.rule_tests import load_tested_policy
+from holdgate.policy.rules import Action, Decision, LoadedPolicy, Rule
 from holdgate.printable import printable
 from holdgate.request.authority import Authority, AuthorityMismatch, agreed_authority
 from holdgate.request.facts import RequestFacts, build_facts
@@ -158,6 +159,8 @@ class Gateway:
             self.ownership.configure_from(config, token)
             ensure_ca(config.certs_dir)
             self._apply_mitmproxy_options()
+            for warning in loaded.warnings:
+                log.warning("holdgate: %s", warning)
             log.info(
                 "holdgate: %d rules from %d files, %d targets (config %s)",
                 len(loaded.policy.rules),
@@ -191,7 +194,7 @@ class Gateway:
     def _load_policy(self, config: Config) -> LoadedPolicy:
         files = config.rule_files()
         self.mask_key = mask_key(config.state_dir)
-        loaded = load_policy(files, config, compile_filter, self.mask_key)
+        loaded = load_tested_policy(files, config, compile_filter, self.mask_key)
         self._fingerprint = _fingerprint([*files, *config.rule_paths])
         return loaded
 
@@ -302,11 +305,13 @@ class Gateway:
         try:
             # Off the event loop: a large rule set takes seconds to validate and compile.
             loaded = await asyncio.to_thread(
-                load_policy, files, self.config, compile_filter, self.mask_key
+                load_tested_policy, files, self.config, compile_filter, self.mask_key
             )
         except (SourceError, SourceErrors) as e:
+            self.metrics.rule_reloads.labels("refused").inc()
             log.error("holdgate: rule change refused, the last good policy stays in force:\n%s", e)
             return False
+        self.metrics.rule_reloads.labels("applied").inc()
         self.loaded = loaded
         log.info(
             "holdgate: rules reloaded: %d rules from %d files", len(loaded.policy.rules), len(files)

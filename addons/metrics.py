@@ -34,6 +34,13 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.rule_reloads = Counter(
+            "holdgate_rule_reloads_total",
+            "Rule changes seen by hot reload: applied, or refused (invalid, or their tests fail).",
+            ["result"],
+            registry=self.registry,
+        )
+
     def count_pending(self, pending: Callable[[], int]) -> None:
         """Report the pending-hold count from a live source."""
         self.holds_pending.set_function(pending)

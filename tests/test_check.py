@@ -125,6 +125,24 @@ BROKEN = [
         "expected deny, got allow",
         id="failing-rule-test",
     ),
+    pytest.param(
+        "rules:\n  - id: a\n    action: deny\n    resources: [pods, secret]\n",
+        4,
+        "write 'secrets'",
+        id="singular-resource",
+    ),
+    pytest.param(
+        "rules:\n  - id: a\n    action: allow\n    resources: [deploy/scale]\n",
+        4,
+        "write 'deployments/scale'",
+        id="short-name",
+    ),
+    pytest.param(
+        "rules:\n  - id: a\n    action: approve\n    reviewers: ['slack:@alice']\n",
+        4,
+        "user IDs",
+        id="slack-at-name",
+    ),
 ]
 
 
@@ -231,3 +249,68 @@ def test_ca_is_created_with_tight_modes(tmp_path: Path) -> None:
     # A second call keeps the same CA.
     assert run("ca", "--config", str(config)).stdout == result.stdout
     assert key.read_text() == (cert.parent / "mitmproxy-ca.pem").read_text()
+
+
+def _with(tmp_path: Path, rules: str, **extra: object) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = write_config(tmp_path, {"r.yaml": rules})
+    config = yaml.safe_load(path.read_text())
+    config.update(extra)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+APPROVE = "rules:\n  - id: hold\n    action: approve\n    reviewers: [{reviewers}]\n"
+
+
+def test_reviewers_who_can_never_approve(tmp_path: Path) -> None:
+    approvals = {"local_reviewers": {"olga": {"token_sha256": "0" * 64}}}
+    # Nobody in the rule can approve: an error naming the reason.
+    path = _with(
+        tmp_path / "a", APPROVE.format(reviewers="local:bob, slack:U123"), approvals=approvals
+    )
+    result = run("check", "--config", str(path))
+    assert result.returncode == 2
+    assert "no local reviewer 'bob'" in result.stderr and "no Slack channel" in result.stderr
+    # One of them can: valid, with a warning for the other.
+    path = _with(
+        tmp_path / "b", APPROVE.format(reviewers="local:olga, local:bob"), approvals=approvals
+    )
+    result = run("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "'local:bob'" in result.stderr
+
+
+def test_admission_verbs_are_warned_about(tmp_path: Path) -> None:
+    path = _with(tmp_path, "rules:\n  - id: a\n    action: deny\n    verbs: [bind, create]\n")
+    result = run("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "verb 'bind'" in result.stderr
+
+
+def test_rule_tests_and_explain_use_the_agents_declared_groups(tmp_path: Path) -> None:
+    rules = (
+        "rules:\n  - id: deployers\n    action: allow\n    groups: [deployers]\n"
+        "    verbs: [create]\n    resources: [configmaps]\n"
+        "tests:\n  - request: POST https://kubernetes.default.svc/api/v1/namespaces/a/configmaps\n"
+        "    agent: ci-bot\n    expect: allow\n    rule: deployers\n"
+    )
+    identity = {"agents": [{"name": "ci-bot", "groups": ["deployers"], "token_sha256": "0" * 64}]}
+    path = _with(tmp_path, rules, identity=identity)
+    result = run("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    explained = run(
+        "explain", "--config", str(path), "--agent", "ci-bot",
+        "POST", "https://kubernetes.default.svc/api/v1/namespaces/a/configmaps",
+    )  # fmt: skip
+    assert json.loads(explained.stdout)["rule"] == "deployers", explained.stdout
+
+
+def test_explain_says_why_a_read_rule_opens_no_shell(tmp_path: Path) -> None:
+    path = _with(tmp_path, GOOD_RULE)
+    result = run(
+        "explain", "--config", str(path),
+        "GET", "https://kubernetes.default.svc/api/v1/namespaces/a/pods/p/exec?command=sh",
+    )  # fmt: skip
+    out = json.loads(result.stdout)
+    assert out["action"] == "deny" and "pods/exec is privileged" in out["reason"]

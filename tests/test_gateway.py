@@ -409,6 +409,27 @@ def test_hot_reload_and_last_good_policy(tmp_path: Path, simulator: KubeSimulato
         gw.stop()
 
 
+def test_hot_reload_refuses_a_change_whose_own_tests_fail(
+    tmp_path: Path, simulator: KubeSimulator
+) -> None:
+    rule = (
+        "rules:\n  - id: reads\n    action: allow\n    resources: ['*']\n    verbs: [get, list]\n"
+        "tests:\n  - request: GET https://kubernetes.default.svc/api/v1/namespaces/sandbox/configmaps\n"
+        "    expect: allow\n"
+    )
+    gw = start_gateway(tmp_path, {"targets": [kube_target(simulator)]}, {"r.yaml": rule})
+    try:
+        kubeconfig = write_agent_kubeconfig(tmp_path / "kc", gw)
+        assert kubectl(kubeconfig, "get", "configmaps", "-n", "sandbox").returncode == 0
+        # Valid YAML, but its own test now fails: refused like a syntax error.
+        (tmp_path / "rules" / "r.yaml").write_text(rule.replace("action: allow", "action: deny"))
+        gw.wait_for_output("last good policy stays in force")
+        assert "expected allow, got deny" in gw.output()
+        assert kubectl(kubeconfig, "get", "configmaps", "-n", "sandbox").returncode == 0
+    finally:
+        gw.stop()
+
+
 def test_holdgate_kubeconfig_command(
     tmp_path: Path, gateway: GatewayProcess, sim: KubeSimulator
 ) -> None:

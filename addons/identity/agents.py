@@ -226,6 +226,15 @@ class AgentDirectory:
         self.reaper_token_sha256 = hashlib.sha256(admin_token.encode()).hexdigest()
         return self
 
+    def identity_of(self, name: str, groups: tuple[str, ...] = ()) -> Identity:
+        """The identity the gateway gives agent `name` (its declared owner and groups, plus
+        `groups`): what rule tests and `holdgate explain` decide with."""
+        agent = self.agents.get(name)
+        if agent is None:
+            return Identity(agent=name, groups=groups)
+        merged = agent.groups + tuple(g for g in groups if g not in agent.groups)
+        return Identity(agent=name, owner=agent.owner, groups=merged)
+
     @property
     def enabled(self) -> bool:
         """Whether any agent or issuer is declared (then credentials are required)."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from holdgate.config.gateway_config import Config
+from holdgate.config.yaml_source import SourceError, SourceErrors
 from holdgate.identity.agents import Identity
-from holdgate.policy.rules import Decision, LoadedPolicy, RuleTest
+from holdgate.policy.rules import Decision, LoadedPolicy, RuleTest, load_policy
 from holdgate.request.facts import build_facts
 from holdgate.request.flow_filter import make_flow
 
@@ -19,15 +22,17 @@ class RuleTestFailure:
     test: RuleTest
     decision: Decision
 
-    def __str__(self) -> str:
+    @property
+    def message(self) -> str:
+        """What went wrong, without the location."""
         got = f"{self.decision.action} by {self.decision.rule.id if self.decision.rule else 'no rule (default)'}"
         want = str(self.test.expect)
         if self.test.check_rule:
             want += f" by {self.test.rule or 'no rule (default)'}"
-        return (
-            f"{self.test.source}:{self.test.line}: test {self.test.name!r}: "
-            f"expected {want}, got {got} ({self.decision.reason})"
-        )
+        return f"test {self.test.name!r}: expected {want}, got {got} ({self.decision.reason})"
+
+    def __str__(self) -> str:
+        return f"{self.test.source}:{self.test.line}: {self.message}"
 
 
 def decide_url(
@@ -66,7 +71,7 @@ def run_rule_tests(config: Config, loaded: LoadedPolicy) -> list[RuleTestFailure
     """Every rule test whose outcome differs from its expectation."""
     failures = []
     for test in loaded.tests:
-        identity = Identity(agent=test.agent, groups=test.groups) if test.agent else None
+        identity = config.agents.identity_of(test.agent, test.groups) if test.agent else None
         decision, _ = decide_url(
             config,
             loaded,
@@ -80,3 +85,14 @@ def run_rule_tests(config: Config, loaded: LoadedPolicy) -> list[RuleTestFailure
         if decision.action is not test.expect or (test.check_rule and got_rule != test.rule):
             failures.append(RuleTestFailure(test, decision))
     return failures
+
+
+def load_tested_policy(
+    files: list[Path], config: Config, compile_filter: Any, mask_key: bytes | None = None
+) -> LoadedPolicy:
+    """Load the rules and run their `tests:`; a failing test is refused like a syntax error."""
+    loaded = load_policy(files, config, compile_filter, mask_key)
+    failures = run_rule_tests(config, loaded)
+    if failures:
+        raise SourceErrors([SourceError(f.test.source, f.test.line, f.message) for f in failures])
+    return loaded

@@ -41,6 +41,7 @@ from holdgate.masking.masks import (
     MaskStyle,
     compile_masks,
 )
+from holdgate.policy.lint import resource_errors, reviewer_problems, rule_warnings
 from holdgate.request.facts import RequestFacts
 
 
@@ -107,6 +108,8 @@ class Rule:
     line: int
     order: int
     reviewers: tuple[str, ...] = ()
+    # What `holdgate check` should say about the rule as written (it still works).
+    warnings: tuple[str, ...] = field(default=(), compare=False)
     required: int = 1
     timeout: float = DEFAULT_APPROVAL_TIMEOUT
     window: float = 0.0
@@ -751,6 +754,8 @@ def _compile_matchers(
                             f"target {name!r} is not kubernetes; Kubernetes fields cannot match it",
                         )
                     )
+    for i, message in resource_errors(raw.get("resources") or ()):
+        errors.append(doc.error(loc + ("resources", i), message))
     if "resources" in raw and "nonResourceURLs" in raw:
         errors.append(
             doc.error(loc, "a rule has either resources or nonResourceURLs, as in RBAC, not both")
@@ -814,7 +819,13 @@ def _compile_rule(
     timeout = durations.get("timeout", DEFAULT_APPROVAL_TIMEOUT)
     if timeout <= 0:
         errors.append(doc.error(loc + ("timeout",), "timeout must be longer than 0s"))
+    warnings = rule_warnings(raw)
     if action is Action.APPROVE:
+        reviewer_errors, reviewer_warnings = reviewer_problems(raw.get("reviewers") or (), config)
+        errors.extend(doc.error(loc + ("reviewers", i), m) for i, m in reviewer_errors)
+        warnings += reviewer_warnings
+        if config is not None and config.approvals is None:
+            warnings.append("the config has no `approvals` section: this rule refuses with 403")
         if not raw.get("reviewers"):
             errors.append(doc.error(loc, "an approve rule needs reviewers"))
         elif raw.get("required", 1) > len(raw["reviewers"]) and not any(
@@ -846,6 +857,7 @@ def _compile_rule(
             line=doc.line_of(loc),
             order=order,
             reviewers=tuple(raw.get("reviewers", ())),
+            warnings=tuple(warnings),
             required=raw.get("required", 1),
             timeout=timeout,
             window=durations.get("window", 0.0),
@@ -927,6 +939,11 @@ class LoadedPolicy:
     tests: tuple[RuleTest, ...]
     files: tuple[Path, ...]
     masking: MaskPolicy = field(default_factory=lambda: MaskPolicy(()))
+
+    @property
+    def warnings(self) -> list[str]:
+        """FILE:LINE: message for what rules say that they cannot mean (they still load)."""
+        return [f"{r.where}: {w}" for r in self.policy.rules for w in r.warnings]
 
 
 def _first_use(
