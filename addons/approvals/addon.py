@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ log = logging.getLogger("holdgate")
 REASON_HEADER = "X-Holdgate-Reason"
 MAX_REASON = 500
 MAX_EXCERPT = 2000
+# A decision on an exec, attach or portforward also answers kubectl's immediate retry over the
+# other transport (WebSocket GET, then SPDY POST) within this many seconds, once.
+FALLBACK_SECONDS = 30.0
+_CONNECT = frozenset({"exec", "attach", "portforward"})
 
 
 class Approvals:
@@ -39,6 +44,8 @@ class Approvals:
         self.desk_url = ""
         self.port_override = -1
         self.slack_settings: Any = None
+        # Decided exec/attach/portforward holds, for kubectl's retry: key -> (when, method, hold).
+        self._connect_answers: dict[tuple[Any, ...], tuple[float, str, Hold]] = {}
 
     def configure_from(self, config: Config, port_override: int = -1) -> None:
         """Set up from a loaded configuration (approvals off when it has no `approvals`)."""
@@ -170,7 +177,16 @@ class Approvals:
             escalate_after=rule.escalate_after,
         )
         flow.marked = ":lock:"
-        return await self.desk.hold(
+        key = _connect_key(facts, agent)
+        if key is not None and (answered := self._fallback_answer(key, request.method)):
+            log.info(
+                "hold %s %s also answers kubectl's retry over the other transport (%s)",
+                answered.id,
+                answered.state,
+                request.method,
+            )
+            return answered
+        hold = await self.desk.hold(
             spec,
             digest=digest,
             agent=agent,
@@ -178,6 +194,23 @@ class Approvals:
             summary=summary,
             client_id=flow.client_conn.id,
         )
+        if key is not None and hold.state.final:
+            self._connect_answers[key] = (time.monotonic(), request.method, hold)
+        return hold
+
+    def _fallback_answer(self, key: tuple[Any, ...], method: str) -> Hold | None:
+        """The decided hold of the same exec, attach or portforward sent moments ago over the
+        other transport (kubectl retries a refused WebSocket GET as a SPDY POST at once)."""
+        now = time.monotonic()
+        for stale in [
+            k for k, (at, _, _) in self._connect_answers.items() if now - at > FALLBACK_SECONDS
+        ]:
+            del self._connect_answers[stale]
+        entry = self._connect_answers.get(key)
+        if entry is None or entry[1] == method:
+            return None
+        del self._connect_answers[key]  # one retry, once
+        return entry[2]
 
     def window_covers(self, flow: http.HTTPFlow, facts: RequestFacts) -> str | None:
         """The hold whose approval window covers this identical request, if any."""
@@ -187,6 +220,17 @@ class Approvals:
         digest = request_digest(request.method, request.pretty_url, request.raw_content or b"")
         agent = facts.identity.agent if facts.identity else ""
         return self.desk.window_covers(agent, digest)
+
+
+def _connect_key(facts: RequestFacts, agent: str) -> tuple[Any, ...] | None:
+    """What makes two exec, attach or portforward requests the same question to a reviewer."""
+    kube = facts.kube
+    if kube is None or kube.resource != "pods" or kube.subresource not in _CONNECT:
+        return None
+    command = tuple(facts.exec.command) if facts.exec else ()
+    container = facts.exec.container if facts.exec else ""
+    ports = facts.query if kube.subresource == "portforward" else ""
+    return (agent, kube.namespace, kube.name, kube.subresource, container, command, ports)
 
 
 def body_excerpt(facts: RequestFacts, request: http.Request, masks: MaskSet) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +13,11 @@ import pytest
 from holdgate.sandbox.kube_resources import PODS
 from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.conftest import (
+    KUBECTL,
     ROOT,
     SIM_TOKEN,
     GatewayProcess,
+    Page,
     kube_target,
     kubectl,
     start_gateway,
@@ -75,3 +79,44 @@ def test_proxy_subresources_are_not_reads(
             assert r.status_code == 403, (path, r.text)
             assert r.headers.get("X-Holdgate-Rule") == rule, path
     assert not [r for r in simulator.requests if "/proxy" in r.path]
+
+
+def test_a_denied_exec_is_asked_once(
+    tmp_path_factory: pytest.TempPathFactory, simulator: KubeSimulator
+) -> None:
+    rules = (
+        "rules:\n  - id: reads\n    action: allow\n    resources: ['*']\n    verbs: [get]\n"
+        "  - id: approve-exec\n    action: approve\n    resources: [pods/exec]\n"
+        "    reviewers: [local:admin]\n    timeout: 60s\n"
+    )
+    home = tmp_path_factory.mktemp("exec-once")
+    config = {
+        "targets": [kube_target(simulator)],
+        "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+    }
+    gw = start_gateway(home, config, {"r.yaml": rules})
+    try:
+        kubeconfig = write_agent_kubeconfig(home / "kubeconfig", gw)
+        m = gw.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+        with Page(m.group(1), Path(m.group(2)).read_text().strip()) as page:
+            shell = subprocess.Popen(
+                [KUBECTL, "--kubeconfig", str(kubeconfig), "exec", "-n", "prod", "web-0"]
+                + ["--", "cat", "/etc/shadow"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")},
+            )
+            try:
+                [hold] = page.wait_pending("approve-exec")
+                assert page.decide(hold["id"], approve=False, reason="no").status_code == 200
+                _, stderr = shell.communicate(timeout=60)
+            finally:
+                shell.kill()
+            assert shell.returncode != 0 and "no" in stderr
+            assert page.pending() == []
+        # kubectl's SPDY retry (a POST) was answered by the same decision: asked once.
+        assert "also answers kubectl's retry over the other transport (POST)" in gw.output()
+        assert not simulator.requests_to("/api/v1/namespaces/prod/pods/web-0/exec")
+    finally:
+        gw.stop()
