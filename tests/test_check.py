@@ -228,7 +228,7 @@ def test_explain_with_body_and_agent(tmp_path: Path) -> None:
     )
     assert out["kubernetes"]["name"] == "p"
     assert out["identity"]["agent"] == "ci-bot"
-    assert (out["rule"], out["action"]) == ("deny-privileged-pods", "deny")
+    assert (out["rule"], out["action"]) == ("deny-unsafe-pods", "deny")
 
 
 def test_explain_undeclared_host_follows_default() -> None:

@@ -32,6 +32,10 @@ from jsonpath_ng.ext import parse as parse_jsonpath
 from holdgate.config.gateway_config import Config, TargetKind, schema_errors
 from holdgate.config.yaml_source import Document, SourceError, SourceErrors, load_yaml
 from holdgate.kube.impersonation import describe as describe_impersonation
+from holdgate.kube.pod_security import TEMPLATE_PATHS as POD_TEMPLATE_PATHS
+from holdgate.kube.pod_security import Level as PodSecurityLevel
+from holdgate.kube.pod_security import pod_specs
+from holdgate.kube.pod_security import violations as pod_security_violations
 from holdgate.masking.masks import (
     EMPTY_MASKS,
     KUBERNETES_SECRET_MASKS,
@@ -107,6 +111,8 @@ class Rule:
     source: str
     line: int
     order: int
+    # `violatesPodSecurity`: the level a rule checks, so its reason can say what was found.
+    pod_security: str | None = None
     reviewers: tuple[str, ...] = ()
     # What `holdgate check` should say about the rule as written (it still works).
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -240,7 +246,11 @@ class Policy:
             for i in _indices(compatible & of_action):
                 rule = self.rules[i]
                 if rule.matches(facts):
-                    return Decision(rule.action, rule, _reason(rule))
+                    reason = _reason(rule)
+                    if rule.pod_security is not None:
+                        _, found = pod_security_finding(facts, PodSecurityLevel(rule.pod_security))
+                        reason = f"{reason} ({found})" if found else reason
+                    return Decision(rule.action, rule, reason)
         action = Action(facts.target.default)
         reason = f"no rule matched; target {facts.target.name} default {action}"
         if power := privileged_power(facts):
@@ -539,6 +549,43 @@ def _named_power_matcher(resources: list[str] | None, verbs: list[str] | None) -
     return match
 
 
+def pod_security_finding(facts: RequestFacts, level: PodSecurityLevel) -> tuple[bool | None, str]:
+    """Whether a write's pods fail `level` (None: cannot be known), and what was found."""
+    kube = facts.kube
+    if kube is None or not kube.resource_request or kube.verb not in ("create", "update", "patch"):
+        return False, ""
+    ephemeral = kube.resource == "pods" and kube.subresource == "ephemeralcontainers"
+    if kube.resource not in POD_TEMPLATE_PATHS or (kube.subresource and not ephemeral):
+        return False, ""
+    body = facts.body
+    if body is None or body.error or body.document is None:
+        why = body.error if body is not None and body.error else "no body"
+        return None, f"the request body could not be read ({why}), so its pods cannot be checked"
+    document = body.document
+    try:
+        if ephemeral:
+            meta, spec = document.get("metadata") or {}, document.get("spec") or {}
+            if not isinstance(spec, dict) or not isinstance(meta, dict):
+                raise ValueError("spec or metadata is not an object")
+            specs = [(meta, spec)]
+        else:
+            specs = pod_specs(kube.resource, document)
+    except ValueError as e:
+        return None, f"the pod template cannot be read ({e})"
+    found = [v for meta, spec in specs for v in pod_security_violations(meta, spec, level)]
+    if found:
+        return True, f"violates Pod Security {level}: {'; '.join(found[:8])}"
+    if kube.verb == "patch" and specs and level is PodSecurityLevel.RESTRICTED:
+        return None, "a patch of the pod template: whether the result meets restricted is unknown"
+    return False, ""
+
+
+def _pod_security_matcher(level_name: str) -> Matcher:
+    """Writes whose pods do not meet a Pod Security Standards level (None: cannot be known)."""
+    level = PodSecurityLevel(level_name)
+    return lambda f: pod_security_finding(f, level)[0]
+
+
 def _resource_names_matcher(names: list[str]) -> Matcher:
     allowed = frozenset(names)
 
@@ -669,7 +716,15 @@ def _filter_matcher(predicate: Callable[[Any], bool]) -> Matcher:
 
 # --- loading --------------------------------------------------------------------------------
 
-_KUBE_FIELDS = ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs", "namespaces")
+_KUBE_FIELDS = (
+    "apiGroups",
+    "resources",
+    "verbs",
+    "resourceNames",
+    "nonResourceURLs",
+    "namespaces",
+    "violatesPodSecurity",
+)
 
 
 def parse_duration(text: str) -> float:
@@ -722,6 +777,7 @@ _FIELD_MATCHERS: tuple[tuple[str, Callable[[Any], Matcher]], ...] = (
     ("namespaces", _namespaces_matcher),
     ("agents", _agents_matcher),
     ("groups", _groups_matcher),
+    ("violatesPodSecurity", lambda level: _pod_security_matcher(level)),
     ("methods", _methods_matcher),
     ("paths", _paths_matcher),
 )
@@ -857,6 +913,7 @@ def _compile_rule(
             line=doc.line_of(loc),
             order=order,
             reviewers=tuple(raw.get("reviewers", ())),
+            pod_security=raw.get("violatesPodSecurity"),
             warnings=tuple(warnings),
             required=raw.get("required", 1),
             timeout=timeout,
