@@ -166,7 +166,10 @@ class S3Backend:
             "Body": data,
             "ContentType": content_type,
             "Metadata": {"sha256": sha256},
-            # Object Lock needs an integrity checksum; the server checks it against the body.
+            # Object Lock needs an integrity checksum the server checks against the body, and
+            # S3 wants it announced (x-amz-sdk-checksum-algorithm) or it refuses a retention
+            # period with MissingUploadObjectWithObjectLockHeaders.
+            "ChecksumAlgorithm": "SHA256",
             "ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode(),
         }
         if s.sse:
