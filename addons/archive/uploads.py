@@ -124,7 +124,8 @@ class Uploader(threading.Thread):
         waiting = len(self.spool.closed())
         message = f"{error}"
         if message != self.error:
-            log.warning(
+            # Error, not warning: while uploads fail, nothing reaches the audit archive.
+            log.error(
                 "archive: %s unavailable (%s); %d segments wait in the spool, retrying in %.1fs",
                 self.backend.describe(),
                 message,
