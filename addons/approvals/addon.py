@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -26,6 +28,9 @@ log = logging.getLogger("holdgate")
 REASON_HEADER = "X-Holdgate-Reason"
 MAX_REASON = 500
 MAX_EXCERPT = 2000
+STOPPING = "the gateway is stopping; not approved"
+# Seconds the stop waits for held clients to get their refusal (and the archive their flows).
+STOP_GRACE = 5.0
 # A decision on an exec, attach or portforward also answers kubectl's immediate retry over the
 # other transport (WebSocket GET, then SPDY POST) within this many seconds, once.
 FALLBACK_SECONDS = 30.0
@@ -44,6 +49,9 @@ class Approvals:
         self.desk_url = ""
         self.port_override = -1
         self.slack_settings: Any = None
+        # Held flows whose answer is not sent yet (waited for at stop).
+        self._answering: set[str] = set()
+        self._answered = asyncio.Event()
         # Decided exec/attach/portforward holds, for kubectl's retry: key -> (when, method, hold).
         self._connect_answers: dict[tuple[Any, ...], tuple[float, str, Hold]] = {}
 
@@ -114,9 +122,11 @@ class Approvals:
                 log.error("approval channel %s failed to start: %s", channel.name, e)
 
     async def done(self) -> None:
-        # Cancel pending holds first, so every channel can still show the outcome.
+        # Cancel pending holds first, so every channel can still show the outcome; then let each
+        # held client get its answer (and the archive its flow) before the proxy goes away.
         if self.desk is not None:
-            await self.desk.cancel_all("the gateway is stopping")
+            await self.desk.cancel_all(STOPPING)
+            await self._answers_sent(STOP_GRACE)
         for channel in self.channels:
             try:
                 await channel.stop()
@@ -126,6 +136,30 @@ class Approvals:
         if self.page is not None:
             await self.page.stop()
             self.page = None
+
+    async def _answers_sent(self, timeout: float) -> None:
+        """Wait (bounded) until every decided held flow has had its response sent."""
+        deadline = time.monotonic() + timeout
+        while self._answering and time.monotonic() < deadline:
+            self._answered.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._answered.wait(), deadline - time.monotonic())
+        if self._answering:
+            log.error(
+                "approvals: %d held requests had no answer sent before the stop",
+                len(self._answering),
+            )
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._settle(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._settle(flow)
+
+    def _settle(self, flow: http.HTTPFlow) -> None:
+        if self._answering and flow.id in self._answering:
+            self._answering.discard(flow.id)
+            self._answered.set()
 
     def client_disconnected(self, client: connection.Client) -> None:
         if self.desk is not None:
@@ -186,6 +220,7 @@ class Approvals:
                 request.method,
             )
             return answered
+        self._answering.add(flow.id)
         hold = await self.desk.hold(
             spec,
             digest=digest,

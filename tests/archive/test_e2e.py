@@ -13,6 +13,7 @@ from mitmproxy import io as mitmio
 
 from holdgate.sandbox.kube_resources import SECRETS
 from holdgate.sandbox.kube_sim import KubeSimulator
+from tests.archive.canaries import read_flows
 from tests.conftest import (
     BIN,
     SIM_TOKEN,
@@ -177,3 +178,54 @@ def test_flows_are_archived_masked_and_replayable(tmp_path: Path, simulator: Kub
     )
     assert b"Kioq" in secret_get.response.content
     assert archive.exists()
+
+
+def test_a_hold_pending_at_stop_is_answered_and_archived(
+    tmp_path: Path, simulator: KubeSimulator
+) -> None:
+    config = {
+        "targets": [kube_target(simulator)],
+        "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+    }
+    gw = start_gateway(tmp_path, config, {"r.yaml": RULES})
+    try:
+        kubeconfig = write_agent_kubeconfig(tmp_path / "kubeconfig", gw)
+        m = gw.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+        creating = subprocess.Popen(
+            [str(BIN / "kubectl"), "--kubeconfig", str(kubeconfig), "create", "configmap"]
+            + ["held-at-stop", "-n", "sandbox", "--from-literal=a=b"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            with Page(m.group(1), Path(m.group(2)).read_text().strip()) as page:
+                page.wait_pending("hold-configmaps")
+            gw.process.terminate()  # SIGTERM with the request held
+            _, stderr = creating.communicate(timeout=60)
+        finally:
+            creating.kill()
+        assert creating.returncode != 0
+        assert "the gateway is stopping; not approved" in stderr, stderr
+        assert gw.process.wait(timeout=60) is not None
+    finally:
+        gw.stop()
+    archived = [
+        flow
+        for path in sorted((tmp_path / "var" / "archive").rglob("*.mitm"))
+        if not path.name.endswith(".audit.mitm")
+        for flow in read_flows(path.read_bytes())
+    ]
+    held = [
+        f
+        for f in archived
+        if "held-at-stop" in f.request.path or b"held-at-stop" in (f.request.raw_content or b"")
+    ]
+    assert held, [f.request.path for f in archived]
+    assert held[0].response is not None and held[0].response.status_code == 403
+    assert held[0].metadata["holdgate"]["hold"]["state"] == "cancelled"
+    assert not [
+        r
+        for r in simulator.requests_to("/api/v1/namespaces/sandbox/configmaps", "POST")
+        if b"held-at-stop" in r.body
+    ]
