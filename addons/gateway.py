@@ -384,6 +384,13 @@ class Gateway:
         ):
             # No audit, no action: privileged requests wait until the archive can record them.
             log.error("refusing %s: %s", _describe(facts), printable(why))
+            refused = Decision(Action.DENY, None, why)
+            # The record says what happened (refused), and what the rules had decided.
+            flow.metadata[METADATA_KEY]["decision"] = {
+                **refused.as_dict(),
+                "rules_decided": decision.as_dict(),
+            }
+            self.metrics.requests.labels(str(Action.DENY), "").inc()
             self._refuse(flow, facts, why, decision)
             return
         self.metrics.requests.labels(

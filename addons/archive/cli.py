@@ -172,6 +172,16 @@ def parse_when(text: str, now: float | None = None) -> float:
     return when.timestamp()
 
 
+# One vocabulary for `--decision`: a rule's action (allow, deny, approve), a hold's outcome
+# (approved, denied, expired, cancelled), and what the agent got: `allowed` (allow or approved),
+# `denied` (a deny rule or a reviewer's denial), `refused` (anything that did not go upstream).
+DECISION_WORDS: dict[str, tuple[str, ...]] = {
+    "allowed": ("allow", "approved"),
+    "denied": ("deny", "denied"),
+    "refused": ("deny", "denied", "expired", "cancelled"),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayQuery:
     """Which archived flows to replay: a time window and globs on index fields."""
@@ -196,9 +206,10 @@ class ReplayQuery:
             return False
         if not _glob(self.rule, entry.get("rule")):
             return False
-        return self.decision is None or any(
-            _glob(self.decision, entry.get(k)) for k in ("decision", "outcome")
-        )
+        if self.decision is None:
+            return True
+        patterns = DECISION_WORDS.get(self.decision, (self.decision,))
+        return any(_glob(p, entry.get(k)) for p in patterns for k in ("decision", "outcome"))
 
     def may_overlap(self, manifest: Mapping[str, Any]) -> bool:
         """Whether a segment's time span can hold selected flows."""
@@ -439,7 +450,12 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--until", help="flows up to this time")
     p.add_argument("--agent", help="agent name glob")
     p.add_argument("--target", help="target name glob")
-    p.add_argument("--decision", help="allow, deny, approve, approved, denied, expired...")
+    p.add_argument(
+        "--decision",
+        help="a rule's action (allow, deny, approve), a hold's outcome (approved, expired, "
+        "cancelled), or what the agent got: allowed (allow or approved), denied (a deny rule or "
+        "a reviewer's denial), refused (all that did not go upstream)",
+    )
     p.add_argument("--rule", help="rule id glob")
     p.add_argument("--out", help="write the merged flows to this file (mitmproxy format)")
     p.add_argument("--no-web", action="store_true", help="do not open mitmweb (needs --out)")

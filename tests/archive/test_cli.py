@@ -112,6 +112,10 @@ def archived_records(root: Path) -> dict[str, bytes]:
         (["--decision", "deny"], [2]),
         (["--decision", "approve"], [3, 5]),
         (["--decision", "expired"], [5]),
+        # One vocabulary: "denied" is a deny rule or a reviewer's denial, "refused" anything
+        # that did not go upstream, "allowed" an allow rule or an approval.
+        (["--decision", "denied"], [2]),
+        (["--decision", "refused"], [2, 5]),
         (["--rule", "approve-*", "--agent", "agent-7"], [3]),
         (["--target", "sandbox", "--since", "2025-06-15T16:00:00Z"], [2, 3, 4, 5]),
         (["--until", "2025-06-15T16:07:00+00:00"], [1, 2]),
