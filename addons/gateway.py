@@ -87,6 +87,9 @@ class Gateway:
         self.ownership = Ownership()
         self.masking = ResponseMasking()
         self.archive = Archive()
+        self.metrics.watch_archive(
+            lambda: self.archive.writer.health if self.archive.writer is not None else {}
+        )
         self.mask_key: bytes | None = None
         self._prepared: tuple[Config, LoadedPolicy] | None = None
         self._running = False
@@ -391,6 +394,7 @@ class Gateway:
                 "rules_decided": decision.as_dict(),
             }
             self.metrics.requests.labels(str(Action.DENY), "").inc()
+            self.metrics.archive_refusals.inc()
             self._refuse(flow, facts, why, decision)
             return
         self.metrics.requests.labels(

@@ -266,6 +266,8 @@ class WriterProcess:
             "error": "the archive is starting",
             "starting": True,
         }
+        # The spool's backlog and the uploads' record, reported by the writer once a second.
+        self.health: dict[str, Any] = {}
         self.process: subprocess.Popen[bytes] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tokens = itertools.count(1)
@@ -532,6 +534,8 @@ class WriterProcess:
                 self._acknowledged(message[2], message[1])
             elif kind == "status":
                 self.status = message[1]
+            elif kind == "health":
+                self.health = message[1]
             elif kind == "done":
                 future = self._controls.get(message[1])
                 if future is not None and not future.done():

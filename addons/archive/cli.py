@@ -30,6 +30,7 @@ from holdgate.config.archive_settings import ArchiveSettings
 
 EXIT_PROBLEMS = 1
 EXIT_INVALID = 2
+EXIT_BACKLOG = 3  # intact, but sealed segments wait in the spool: uploads are failing
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -108,11 +109,35 @@ def _size(n: int) -> str:
 # --- verify ------------------------------------------------------------------------------------
 
 
+def stale_segments(
+    settings: ArchiveSettings, max_age: float, now: float | None = None
+) -> list[str]:
+    """Sealed segments in the local spool that have waited longer than `max_age` seconds."""
+    now = time.time() if now is None else now
+    stale: list[str] = []
+    root = settings.spool
+    if not root.is_dir():
+        return stale
+    for marker in sorted(root.glob("seg-*.closed.json")):
+        try:
+            waited = now - marker.stat().st_mtime
+        except OSError:
+            continue
+        if waited > max_age:
+            stale.append(f"{marker.name.removesuffix('.closed.json')}: waiting {waited:.0f}s")
+    return stale
+
+
 def verify_archive(
-    settings: ArchiveSettings, out: TextIO | None = None, as_json: bool = False
+    settings: ArchiveSettings,
+    out: TextIO | None = None,
+    as_json: bool = False,
+    max_backlog_age: float | None = None,
 ) -> int:
-    """Check every object and the hash chain; 0 when intact, 1 with one line per problem."""
+    """Check every object and the hash chain; 0 when intact, 1 with one line per problem,
+    EXIT_BACKLOG when it is intact but sealed segments have waited too long for upload."""
     out = out or sys.stdout
+    stale = stale_segments(settings, max_backlog_age) if max_backlog_age is not None else []
     backend = make_backend(settings)
     progress = ProgressBar("verifying", _object_count(backend))
     try:
@@ -129,6 +154,7 @@ def verify_archive(
                 "flows": report.flows,
                 "problems": [dataclasses.asdict(p) for p in report.problems],
                 "notes": report.notes,
+                "stale_segments": stale,
             },
             out,
             indent=2,
@@ -139,12 +165,16 @@ def verify_archive(
             out.write(f"{problem}\n")
         for note in report.notes:
             out.write(f"note: {note}\n")
+        for line in stale:
+            out.write(f"STALE {line} in the spool {settings.spool} (not uploaded)\n")
         verdict = "ok" if report.ok else "FAILED"
         out.write(
             f"{verdict}: {report.location}: {report.segments} segments, {report.flows} flows, "
             f"{sum(p.kind != 'pending' for p in report.problems)} problems\n"
         )
-    return 0 if report.ok else EXIT_PROBLEMS
+    if not report.ok:
+        return EXIT_PROBLEMS
+    return EXIT_BACKLOG if stale else 0
 
 
 def _object_count(backend: Backend) -> int:
@@ -391,7 +421,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     settings, _gateway = loaded
-    return verify_archive(settings, as_json=args.json)
+    return verify_archive(settings, as_json=args.json, max_backlog_age=args.max_backlog_age)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -433,10 +463,18 @@ def add_commands(subparsers: Any) -> None:
         "verify",
         help="check every archived object against its manifest and the hash chain",
         description="Reports MISSING, EXTRA and ALTERED objects and broken CHAIN links; "
-        "exit 0 when the archive is intact, 1 when not.",
+        "exit 0 when the archive is intact, 1 when not, 3 when it is intact but sealed segments "
+        "have waited in the spool longer than --max-backlog-age (uploads are failing).",
     )
     p.add_argument("--config", help=config_help)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--max-backlog-age",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="sealed segments older than this in the local spool fail the check (default 3600)",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = subparsers.add_parser(

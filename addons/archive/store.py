@@ -273,6 +273,27 @@ class ArchiveStore:
         self.spool.unlock()
         self.writer = self.thread = self.uploader = self.webhook = None
 
+    def health(self) -> dict[str, Any]:
+        """The spool's backlog and the uploads' record, for metrics (cheap enough each second)."""
+        segments = self.spool.segments()
+        closed = sorted(n for n, suffixes in segments.items() if "closed.json" in suffixes)
+        backlog_bytes, oldest = 0, 0.0
+        for number in closed:
+            for suffix in segments[number]:
+                with contextlib.suppress(OSError):
+                    st = self.spool.path(number, suffix).stat()
+                    backlog_bytes += st.st_size
+                    if suffix == "closed.json":
+                        oldest = st.st_mtime if not oldest else min(oldest, st.st_mtime)
+        uploader = self.uploader
+        return {
+            "backlog_segments": len(closed),
+            "backlog_bytes": backlog_bytes,
+            "oldest_waiting_since": oldest,
+            "upload_errors": dict(uploader.errors_by_kind) if uploader else {},
+            "last_upload": uploader.last_success if uploader else 0.0,
+        }
+
     def status(self) -> dict[str, Any]:
         """What the archive is doing, for logs and health checks."""
         return {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import ssl
 import threading
 import time
@@ -72,6 +73,19 @@ class Handover:
             self.done.set()
 
 
+_S3_CODE = re.compile(r"An error occurred \((\w+)\)")
+
+
+def error_kind(message: str) -> str:
+    """S3's error code in a failure message, else `connection` or `other`."""
+    if m := _S3_CODE.search(message):
+        return m.group(1)
+    lowered = message.lower()
+    if "connect" in lowered or "endpoint" in lowered or "timed out" in lowered:
+        return "connection"
+    return "other"
+
+
 class Uploader(threading.Thread):
     """Seals closed segments into the hash chain and stores them, retrying with backoff."""
 
@@ -95,6 +109,9 @@ class Uploader(threading.Thread):
         self.uploaded = 0
         self.error = ""
         self.waiting = 0
+        # For health: failed attempts by error kind (S3's code), and the last success (epoch).
+        self.errors_by_kind: dict[str, int] = {}
+        self.last_success = 0.0
 
     def run(self) -> None:
         """Upload until stopped; one last pass on the way out."""
@@ -123,6 +140,8 @@ class Uploader(threading.Thread):
     def _note_error(self, error: Exception, delay: float) -> None:
         waiting = len(self.spool.closed())
         message = f"{error}"
+        kind = error_kind(message)
+        self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         if message != self.error:
             # Error, not warning: while uploads fail, nothing reaches the audit archive.
             log.error(
@@ -145,6 +164,7 @@ class Uploader(threading.Thread):
             with self.handover.change():
                 self.spool.remove(segment)
             self.uploaded += 1
+            self.last_success = time.time()
             if self.error:
                 log.info("archive: %s reachable again", self.backend.describe())
             self.error = ""

@@ -141,12 +141,20 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
 
     def report_status() -> None:
         last: tuple[bool, str] | None = None
+        last_health: dict[str, Any] | None = None
+        ticks = 0
         while True:
             current = (store.can_record(), store.last_error)
             if current != last:
                 send(("status", {"can_record": current[0], "error": current[1]}))
                 last = current
             flush_acks()
+            ticks += 1
+            if ticks % 10 == 1:  # the spool's backlog, once a second, when it changed
+                health = store.health()
+                if health != last_health:
+                    send(("health", health))
+                    last_health = health
             if stopped.wait(0.1):
                 return
 

@@ -176,6 +176,27 @@ def test_verify_command(
     assert {p["kind"] for p in report["problems"]} == {"altered", "extra"}
 
 
+def test_verify_fails_when_sealed_segments_wait_too_long(
+    archive_home: tuple[Path, list[http.HTTPFlow]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Uploads failing leave sealed segments in the spool: the archive itself looks intact
+    # ("0 problems"), so verify says so with its own exit code.
+    config, _flows = archive_home
+    spool = config.parent / "state" / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    marker = spool / "seg-000000000042.closed.json"
+    marker.write_text("{}")
+    old = time.time() - 7200
+    os.utime(marker, (old, old))
+    try:
+        assert main(["archive", "verify", "--config", str(config)]) == 3
+        assert "STALE seg-000000000042: waiting 7" in capsys.readouterr().out
+        code = main(["archive", "verify", "--config", str(config), "--max-backlog-age", "86400"])
+        assert code == 0
+    finally:
+        marker.unlink()
+
+
 def test_archive_section_of_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)
     data = yaml.safe_load(config.read_text())

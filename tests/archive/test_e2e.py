@@ -229,3 +229,57 @@ def test_a_hold_pending_at_stop_is_answered_and_archived(
         for r in simulator.requests_to("/api/v1/namespaces/sandbox/configmaps", "POST")
         if b"held-at-stop" in r.body
     ]
+
+
+def test_archive_health_is_on_metrics_when_uploads_fail(
+    tmp_path: Path, simulator: KubeSimulator
+) -> None:
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a loopback port nothing listens on: S3 unreachable
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    config = {
+        "targets": [kube_target(simulator)],
+        "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+        "archive": {
+            "s3": {
+                "bucket": "audit",
+                "endpoint_url": f"http://127.0.0.1:{dead}",
+                "addressing_style": "path",
+                "region": "us-east-1",
+            },
+            "rotate_seconds": 0.2,
+            "upload_retry": {"initial_seconds": 0.05, "max_seconds": 0.2},
+        },
+    }
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    gw = start_gateway(tmp_path, config, {"r.yaml": RULES}, env=env)
+    try:
+        page = gw.wait_for_output(r"approvals page listening at (\S+) ")
+        kubeconfig = write_agent_kubeconfig(tmp_path / "kubeconfig", gw)
+        assert kubectl(kubeconfig, "get", "pods", "-n", "sandbox").returncode == 0
+        gw.wait_for_output(r"archive: .* unavailable \(.*\); \d+ segments wait")
+        # The writer reports its health once a second: scrape until it has (bounded).
+        metrics: dict[str, float] = {}
+        failures = 'holdgate_archive_upload_errors_total{kind="connection"}'
+        for _ in range(100):
+            text = httpx.get(page.group(1) + "metrics", timeout=10).text
+            metrics = {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in text.splitlines()
+                if line.startswith("holdgate_archive_")
+            }
+            if metrics.get(failures) and metrics.get("holdgate_archive_backlog_segments"):
+                break
+            time.sleep(0.2)
+        assert metrics.get("holdgate_archive_backlog_segments", 0) >= 1, metrics
+        assert metrics.get("holdgate_archive_backlog_bytes", 0) > 0, metrics
+        assert metrics.get('holdgate_archive_upload_errors_total{kind="connection"}', 0) > 0, (
+            metrics
+        )
+        assert metrics.get("holdgate_archive_last_upload_timestamp_seconds") == 0, metrics
+        assert "holdgate_archive_refusals_total" in metrics
+    finally:
+        gw.stop()
