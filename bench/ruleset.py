@@ -339,7 +339,12 @@ def write_gateway_home(
         "targets": targets,
     }
     if approvals:
-        config["approvals"] = {"page": {"listen_host": "127.0.0.1", "listen_port": 0}}
+        config["approvals"] = {
+            "page": {"listen_host": "127.0.0.1", "listen_port": 0},
+            # The benchmark holds up to 10,000 requests of one agent at once on purpose.
+            "max_pending_per_agent": 20000,
+            "max_pending": 20000,
+        }
         if slack is not None:
             config["approvals"]["slack"] = slack
     # The archive is always on: a local directory, fsync per batch before responses by default.
