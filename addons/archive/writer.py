@@ -151,8 +151,10 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
             flush_acks()
             ticks += 1
             if ticks % 10 == 1:  # the spool's backlog, once a second, when it changed
-                health = store.health()
-                if health != last_health:
+                health: dict[str, Any] | None = None
+                with contextlib.suppress(OSError):  # a failing spool: the status says so
+                    health = store.health()
+                if health is not None and health != last_health:
                     send(("health", health))
                     last_health = health
             if stopped.wait(0.1):
