@@ -545,12 +545,7 @@ class Gateway:
         """
         if flow.request.headers.get("upgrade", "").lower() != "websocket":
             return ""
-        kube = facts.kube
-        if (
-            kube is not None
-            and kube.resource == "pods"
-            and kube.subresource in ("exec", "attach", "portforward")
-        ):
+        if facts.kube is not None and facts.kube.connects:
             return ""
         assert self.loaded is not None
         if not self.loaded.masking.for_request(facts).active:

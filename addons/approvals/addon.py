@@ -34,7 +34,6 @@ STOP_GRACE = 5.0
 # A decision on an exec, attach or portforward also answers kubectl's immediate retry over the
 # other transport (WebSocket GET, then SPDY POST) within this many seconds, once.
 FALLBACK_SECONDS = 30.0
-_CONNECT = frozenset({"exec", "attach", "portforward"})
 
 
 class Approvals:
@@ -260,7 +259,7 @@ class Approvals:
 def _connect_key(facts: RequestFacts, agent: str) -> tuple[Any, ...] | None:
     """What makes two exec, attach or portforward requests the same question to a reviewer."""
     kube = facts.kube
-    if kube is None or kube.resource != "pods" or kube.subresource not in _CONNECT:
+    if kube is None or not kube.connects:
         return None
     command = tuple(facts.exec.command) if facts.exec else ()
     container = facts.exec.container if facts.exec else ""

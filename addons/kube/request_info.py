@@ -53,7 +53,9 @@ _METHOD_VERBS = {
 }
 
 # Running a process in a pod or reaching it through the apiserver: privileged whatever the verb.
-_PRIVILEGED_POD_SUBRESOURCES = frozenset({"exec", "attach", "portforward", "ephemeralcontainers"})
+# exec/attach/portforward arrive as a WebSocket GET (verb get) or a SPDY POST (create).
+CONNECT_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
+_PRIVILEGED_POD_SUBRESOURCES = CONNECT_SUBRESOURCES | {"ephemeralcontainers"}
 _PROXY_RESOURCES = frozenset({"pods", "services", "nodes"})
 _STREAM_SUBRESOURCES = frozenset({"exec", "attach"})
 
@@ -100,7 +102,8 @@ class KubeRequest:
 
     @property
     def privileged_subresource(self) -> bool:
-        """True for exec, attach, portforward, ephemeral containers and every apiserver proxy."""
+        """True for exec, attach, portforward, ephemeral containers, every apiserver proxy and
+        service account tokens (minting a credential)."""
         if not self.resource_request:
             return False
         if self.verb == "proxy":
@@ -108,7 +111,14 @@ class KubeRequest:
         # The group is not checked on purpose: an aggregated API serving pods/exec is as dangerous.
         if self.subresource == "proxy" and self.resource in _PROXY_RESOURCES:
             return True
+        if self.resource == "serviceaccounts" and self.subresource == "token":
+            return True
         return self.resource == "pods" and self.subresource in _PRIVILEGED_POD_SUBRESOURCES
+
+    @property
+    def connects(self) -> bool:
+        """exec, attach or portforward: a process's streams, over WebSocket or SPDY."""
+        return self.resource == "pods" and self.subresource in CONNECT_SUBRESOURCES
 
 
 def classify(method: str, path: str, query: str = "") -> KubeRequest:

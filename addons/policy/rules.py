@@ -58,39 +58,25 @@ class Action(StrEnum):
 # Lower is more restrictive; the most restrictive matching rule decides.
 _RESTRICTIVENESS = {Action.DENY: 0, Action.APPROVE: 1, Action.ALLOW: 2}
 
-# exec/attach/portforward arrive as a WebSocket GET (verb get) or a SPDY POST (create); since
-# Kubernetes 1.35 the apiserver also requires `create` for the GET (feature gate
-# AuthorizePodWebsocketUpgradeCreatePermission, beta, on by default). Deny and approve rules
-# naming either verb catch both transports; an allow rule must grant `create`.
-_CONNECT_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
-
-# Subresources that open a shell, a tunnel to a pod, node or service, a debug container, or mint
-# a credential: an allow rule grants them only by naming them in `resources` (never through
-# `*`, `pods/*` or an omitted `resources`), and a target's `default: allow` never does. Stricter
-# than RBAC on purpose: a read rule must not open a shell by accident.
-PRIVILEGED_SUBRESOURCES = frozenset(
-    {
-        "pods/exec",
-        "pods/attach",
-        "pods/portforward",
-        "pods/proxy",
-        "pods/ephemeralcontainers",
-        "services/proxy",
-        "nodes/proxy",
-        "serviceaccounts/token",
-    }
-)
+# Connect subresources (KubeRequest.connects) arrive as a WebSocket GET (verb get) or a SPDY POST
+# (create); since Kubernetes 1.35 the apiserver also requires `create` for the GET (feature
+# gate AuthorizePodWebsocketUpgradeCreatePermission, beta, on by default). Deny and approve
+# rules naming either verb catch both transports; an allow rule must grant `create`.
+#
+# Privileged subresources (KubeRequest.privileged_subresource: a shell, a tunnel to a pod, node
+# or service, a debug container, a minted credential): an allow rule grants them only by naming
+# them in `resources` (never through `*`, `pods/*` or an omitted `resources`), and a target's
+# `default: allow` never does. Stricter than RBAC on purpose: a read rule must not open a shell.
 
 
 def privileged_power(facts: RequestFacts) -> str:
     """The privileged subresource (or the `proxy` verb) a request uses, or ""."""
     kube = facts.kube
-    if kube is None or not kube.resource_request:
+    if kube is None or not kube.privileged_subresource:
         return ""
     if kube.verb == "proxy":
         return f"{kube.resource} (verb proxy)"
-    combined = f"{kube.resource}/{kube.subresource}" if kube.subresource else ""
-    return combined if combined in PRIVILEGED_SUBRESOURCES else ""
+    return f"{kube.resource}/{kube.subresource}"
 
 
 DEFAULT_APPROVAL_TIMEOUT = 600.0
@@ -292,7 +278,7 @@ def request_keys(facts: RequestFacts) -> tuple[RequestKeys, ...]:
     if kube is None:
         return (target, (), (), (), agent)
     verbs: RequestKeys = (kube.verb,)
-    if kube.subresource in _CONNECT_SUBRESOURCES and kube.resource == "pods":
+    if kube.connects:
         verbs = (kube.verb, "create", "get")
     if not kube.resource_request:
         return (target, (), verbs, (), agent)
@@ -514,37 +500,26 @@ def _verbs_matcher(verbs: list[str]) -> Matcher:
             return False
         if "*" in allowed or f.kube.verb in allowed:
             return True
-        return (
-            f.kube.subresource in _CONNECT_SUBRESOURCES
-            and f.kube.resource == "pods"
-            and ("create" in allowed or "get" in allowed)
-        )
+        return f.kube.connects and ("create" in allowed or "get" in allowed)
 
     return match
 
 
 def _named_power_matcher(resources: list[str] | None, verbs: list[str] | None) -> Matcher:
     """For allow rules: a privileged subresource only where `resources` names it exactly."""
-    named = frozenset(resources or ()) & PRIVILEGED_SUBRESOURCES
+    named = frozenset(resources or ())
     granted = frozenset(verbs or ("*",))
     may_create = "*" in granted or "create" in granted
 
     def match(f: RequestFacts) -> bool | None:
         kube = f.kube
-        if kube is None or not kube.resource_request:
+        if kube is None or not kube.privileged_subresource:
             return True
         if kube.verb == "proxy":
             return "proxy" in granted and verbs is not None
-        if not kube.subresource:
-            return True
-        combined = f"{kube.resource}/{kube.subresource}"
-        if combined not in PRIVILEGED_SUBRESOURCES:
-            return True
-        if combined not in named:
+        if f"{kube.resource}/{kube.subresource}" not in named:
             return False
-        if kube.resource == "pods" and kube.subresource in _CONNECT_SUBRESOURCES:
-            return may_create
-        return True
+        return may_create if kube.connects else True
 
     return match
 

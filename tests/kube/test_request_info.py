@@ -389,6 +389,8 @@ PRIVILEGED = [
     ("DELETE", "/api/v1/nodes/n1/proxy/pods", True),
     ("GET", "/api/v1/proxy/namespaces/ns/services/web", True),
     ("GET", "/apis/example.com/v1/namespaces/ns/pods/web/exec", True),
+    ("POST", "/api/v1/namespaces/ns/serviceaccounts/ci/token", True),
+    ("GET", "/api/v1/namespaces/ns/serviceaccounts/ci", False),
     ("GET", "/api/v1/namespaces/ns/pods/web/log", False),
     ("GET", "/api/v1/namespaces/ns/pods/web/status", False),
     ("GET", "/api/v1/namespaces/ns/pods/web", False),
