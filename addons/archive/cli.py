@@ -26,6 +26,7 @@ from holdgate.archive.durable_files import atomic_write
 from holdgate.archive.flow_format import split_records
 from holdgate.archive.layout import Kind
 from holdgate.archive.reading import Altered, fetch, read_manifest, scan, verify
+from holdgate.archive.spool import Spool
 from holdgate.config.archive_settings import ArchiveSettings
 
 EXIT_PROBLEMS = 1
@@ -114,18 +115,11 @@ def stale_segments(
 ) -> list[str]:
     """Sealed segments in the local spool that have waited longer than `max_age` seconds."""
     now = time.time() if now is None else now
-    stale: list[str] = []
-    root = settings.spool
-    if not root.is_dir():
-        return stale
-    for marker in sorted(root.glob("seg-*.closed.json")):
-        try:
-            waited = now - marker.stat().st_mtime
-        except OSError:
-            continue
-        if waited > max_age:
-            stale.append(f"{marker.name.removesuffix('.closed.json')}: waiting {waited:.0f}s")
-    return stale
+    return [
+        f"{name}: waiting {now - closed_at:.0f}s"
+        for name, closed_at, _ in Spool(settings.spool).backlog()
+        if closed_at and now - closed_at > max_age
+    ]
 
 
 def verify_archive(

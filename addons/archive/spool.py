@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,16 +75,42 @@ class Spool:
     def segments(self) -> dict[int, set[str]]:
         """Every segment in the spool and the suffixes of its files."""
         found: dict[int, set[str]] = {}
-        if not self.root.is_dir():
-            return found
-        for entry in os.scandir(self.root):
+        for number, suffix, _entry in self._segment_files():
+            found.setdefault(number, set()).add(suffix)
+        return found
+
+    def backlog(self) -> list[tuple[str, float, int]]:
+        """Closed segments not yet uploaded, oldest first: (seg-N, closed at, bytes)."""
+        files: dict[int, list[tuple[str, os.DirEntry[str]]]] = {}
+        for number, suffix, entry in self._segment_files():
+            files.setdefault(number, []).append((suffix, entry))
+        out = []
+        for number in sorted(files):
+            closed = [entry for suffix, entry in files[number] if suffix == "closed.json"]
+            if not closed:
+                continue
+            closed_at, size = 0.0, 0
+            for _suffix, entry in files[number]:
+                with contextlib.suppress(OSError):
+                    size += entry.stat().st_size
+            with contextlib.suppress(OSError):
+                closed_at = closed[0].stat().st_mtime
+            out.append((closed[0].name.removesuffix(".closed.json"), closed_at, size))
+        return out
+
+    def _segment_files(self) -> Iterator[tuple[int, str, os.DirEntry[str]]]:
+        """(segment, suffix, entry) of every segment file."""
+        try:
+            entries = list(os.scandir(self.root))
+        except (FileNotFoundError, NotADirectoryError):
+            return  # no spool (yet, or its volume is gone)
+        for entry in entries:
             name = entry.name
             if not name.startswith("seg-"):
                 continue
             number, _, suffix = name[4:].partition(".")
             if number.isdigit() and suffix:
-                found.setdefault(int(number), set()).add(suffix)
-        return found
+                yield int(number), suffix, entry
 
     def closed(self) -> list[int]:
         """Closed segments, oldest first: the uploader's work."""

@@ -275,21 +275,12 @@ class ArchiveStore:
 
     def health(self) -> dict[str, Any]:
         """The spool's backlog and the uploads' record, for metrics (cheap enough each second)."""
-        segments = self.spool.segments()
-        closed = sorted(n for n, suffixes in segments.items() if "closed.json" in suffixes)
-        backlog_bytes, oldest = 0, 0.0
-        for number in closed:
-            for suffix in segments[number]:
-                with contextlib.suppress(OSError):
-                    st = self.spool.path(number, suffix).stat()
-                    backlog_bytes += st.st_size
-                    if suffix == "closed.json":
-                        oldest = st.st_mtime if not oldest else min(oldest, st.st_mtime)
+        backlog = self.spool.backlog()
         uploader = self.uploader
         return {
-            "backlog_segments": len(closed),
-            "backlog_bytes": backlog_bytes,
-            "oldest_waiting_since": oldest,
+            "backlog_segments": len(backlog),
+            "backlog_bytes": sum(size for _, _, size in backlog),
+            "oldest_waiting_since": min((at for _, at, _ in backlog if at), default=0.0),
             "upload_errors": dict(uploader.errors_by_kind) if uploader else {},
             "last_upload": uploader.last_success if uploader else 0.0,
         }

@@ -98,7 +98,7 @@ class Rule:
     line: int
     order: int
     # `violatesPodSecurity`: the level a rule checks, so its reason can say what was found.
-    pod_security: str | None = None
+    pod_security: PodSecurityLevel | None = None
     reviewers: tuple[str, ...] = ()
     # What `holdgate check` should say about the rule as written (it still works).
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -234,7 +234,7 @@ class Policy:
                 if rule.matches(facts):
                     reason = _reason(rule)
                     if rule.pod_security is not None:
-                        _, found = pod_security_finding(facts, PodSecurityLevel(rule.pod_security))
+                        _, found = pod_security_finding(facts, rule.pod_security)
                         reason = f"{reason} ({found})" if found else reason
                     return Decision(rule.action, rule, reason)
         action = Action(facts.target.default)
@@ -888,7 +888,9 @@ def _compile_rule(
             line=doc.line_of(loc),
             order=order,
             reviewers=tuple(raw.get("reviewers", ())),
-            pod_security=raw.get("violatesPodSecurity"),
+            pod_security=PodSecurityLevel(raw["violatesPodSecurity"])
+            if "violatesPodSecurity" in raw
+            else None,
             warnings=tuple(warnings),
             required=raw.get("required", 1),
             timeout=timeout,
