@@ -187,9 +187,19 @@ class Approvals:
         assert self.desk is not None and decision.rule is not None
         rule = decision.rule
         request = flow.request
-        digest = request_digest(request.method, request.pretty_url, request.raw_content or b"")
         identity = facts.identity
         agent = identity.agent if identity else ""
+        flow.marked = ":lock:"
+        key = _connect_key(facts, agent)
+        if key is not None and (answered := self._fallback_answer(key, request.method)):
+            log.info(
+                "hold %s %s also answers kubectl's retry over the other transport (%s)",
+                answered.id,
+                answered.state,
+                request.method,
+            )
+            return answered
+        digest = request_digest(request.method, request.pretty_url, request.raw_content or b"")
         summary: dict[str, Any] = {
             "target": facts.target.name if facts.target else None,
             "method": request.method,
@@ -209,16 +219,6 @@ class Approvals:
             window=rule.window,
             escalate_after=rule.escalate_after,
         )
-        flow.marked = ":lock:"
-        key = _connect_key(facts, agent)
-        if key is not None and (answered := self._fallback_answer(key, request.method)):
-            log.info(
-                "hold %s %s also answers kubectl's retry over the other transport (%s)",
-                answered.id,
-                answered.state,
-                request.method,
-            )
-            return answered
         self._answering.add(flow.id)
         hold = await self.desk.hold(
             spec,
