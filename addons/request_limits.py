@@ -1,4 +1,4 @@
-"""Bounds on what one request may make the gateway hold: its head, its body, held requests.
+"""Bounds on what one request may make the gateway hold: its head and its body.
 
 mitmproxy 12.2 buffers an HTTP/1 request head without limit ("FIXME: protect against header
 size DoS" in its `_http1.py`) and, when the client goes away mid-head, logs the whole buffer.
@@ -23,16 +23,13 @@ MAX_REQUEST_BODY = {"kubernetes": 3 * MIB, "http": 10 * MIB}
 # mitmproxy's body_size_limit when none is set: what one flow may buffer at most.
 DEFAULT_BODY_SIZE_LIMIT = "64m"
 _LOGGED_HEAD_BYTES = 512
-_installed: dict[str, int] = {}
 
 
-def limit_request_heads(max_bytes: int = MAX_HEAD_BYTES) -> None:
-    """Cap HTTP/1 request heads at `max_bytes` in this process (idempotent)."""
-    _installed["max"] = max_bytes
-    if "original" in _installed:
-        return
+def limit_request_heads() -> None:
+    """Cap HTTP/1 request heads at MAX_HEAD_BYTES in this process (idempotent)."""
     original: Callable[..., Generator[Any, Any, None]] = _http1.Http1Server.read_headers
-    _installed["original"] = 1
+    if getattr(original, "holdgate_limited", False):
+        return
 
     def read_headers(
         self: _http1.Http1Server, event: events.ConnectionEvent
@@ -46,16 +43,15 @@ def limit_request_heads(max_bytes: int = MAX_HEAD_BYTES) -> None:
         if (
             isinstance(event, events.DataReceived)
             and self.state == self.read_headers
-            and len(self.buf) > _installed["max"]
+            and len(self.buf) > MAX_HEAD_BYTES
         ):
             self.buf.maybe_extract_at_most(len(self.buf))
             yield commands.SendData(
                 self.conn,
-                _http1.make_error_response(
-                    431, f"request head larger than {_installed['max']} bytes"
-                ),
+                _http1.make_error_response(431, f"request head larger than {MAX_HEAD_BYTES} bytes"),
             )
             yield commands.CloseConnection(self.conn)
             self.state = self.done
 
+    read_headers.holdgate_limited = True  # type: ignore[attr-defined]
     _http1.Http1Server.read_headers = read_headers  # type: ignore[method-assign]
