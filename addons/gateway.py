@@ -122,7 +122,7 @@ class Gateway:
         known = set(ctx.options.keys())
         values = {name: getattr(ctx.options, name) for name in updated & known}
         try:
-            unsafe_options.check(values, updated)
+            unsafe_options.check(values)
         except unsafe_options.UnsafeOption as e:
             raise exceptions.OptionsError(str(e)) from e
         if forced := unsafe_options.forced_updates(values):
@@ -203,6 +203,7 @@ class Gateway:
 
     def _apply_mitmproxy_options(self) -> None:
         assert self.config is not None
+        # Held safe here too: the forced options may not be set yet when configure first runs.
         updates: dict[str, Any] = dict(unsafe_options.FORCED)
         if not ctx.options.body_size_limit:
             # Nothing unbounded: what one flow may make the gateway buffer.

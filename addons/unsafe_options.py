@@ -11,7 +11,7 @@ address, `block_*`, `anticache`, ...) cannot take a request around a decision.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,11 +121,9 @@ class UnsafeOption(ValueError):
     """An option set to a value that would switch enforcement off."""
 
 
-def check(values: Mapping[str, Any], names: Iterable[str]) -> None:
-    """Raise UnsafeOption for the first of `names` whose value in `values` is unsafe."""
-    for name in sorted(set(names) & UNSAFE.keys()):
-        if name not in values:
-            continue
+def check(values: Mapping[str, Any]) -> None:
+    """Raise UnsafeOption for the first option in `values` whose value is unsafe."""
+    for name in sorted(values.keys() & UNSAFE.keys()):
         rule = UNSAFE[name]
         value = values[name]
         if not rule.accepts(value):
