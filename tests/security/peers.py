@@ -8,6 +8,7 @@ a second loopback address, so two services can share a port and differ only in n
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import socket
 import ssl
@@ -107,6 +108,16 @@ def free_port_on_both_loopbacks() -> int:
                     continue
         return port
     raise RuntimeError("no port free on both loopback addresses")
+
+
+def static_agents(**tokens: str) -> dict[str, object]:
+    """The config's `identity` section for agents NAME=TOKEN (their tokens stored as SHA-256)."""
+    return {
+        "agents": [
+            {"name": name, "token_sha256": hashlib.sha256(token.encode()).hexdigest()}
+            for name, token in tokens.items()
+        ]
+    }
 
 
 def basic(agent: str, token: str) -> str:

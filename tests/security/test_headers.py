@@ -8,7 +8,6 @@ recording server say what arrived.
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from tests.conftest import (
     trust,
     write_agent_kubeconfig,
 )
-from tests.security.peers import RecordingServer, recording_server
+from tests.security.peers import RecordingServer, recording_server, static_agents
 
 AGENT, AGENT_TOKEN = "ci-bot", "agent-token-77ab"
 RULES = """
@@ -75,14 +74,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, simulator: KubeSimulator) ->
     with recording_server("127.0.0.1", cert_dir=home / "api-tls") as api:
         assert api.tls is not None
         config = {
-            "identity": {
-                "agents": [
-                    {
-                        "name": AGENT,
-                        "token_sha256": hashlib.sha256(AGENT_TOKEN.encode()).hexdigest(),
-                    }
-                ]
-            },
+            "identity": static_agents(**{AGENT: AGENT_TOKEN}),
             "targets": [
                 kube_target(
                     simulator, credential={"bearer_token_file": str(home / "upstream-token")}

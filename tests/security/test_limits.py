@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 
 from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.conftest import GatewayProcess, Page, kube_target, start_gateway, trust
+from tests.security.peers import static_agents
 
 AGENT, TOKEN = "ci-bot", "agent-token-0b9c"
 RULES = """
@@ -38,12 +38,7 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory, simulator: KubeSimulator
 ) -> Iterator[GatewayProcess]:
     config = {
-        "identity": {
-            "agents": [
-                {"name": AGENT, "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()},
-                {"name": "other", "token_sha256": hashlib.sha256(b"other-token").hexdigest()},
-            ]
-        },
+        "identity": static_agents(**{AGENT: TOKEN, "other": "other-token"}),
         "approvals": {
             "page": {"listen_host": "127.0.0.1", "listen_port": 0},
             "max_pending_per_agent": 2,

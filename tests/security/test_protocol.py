@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ from tests.security.peers import (
     raw_proxy_request,
     raw_tunnel_request,
     recording_server,
+    static_agents,
 )
 
 AGENT, TOKEN = "ci-bot", "agent-token-aa41"
@@ -40,11 +40,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     with recording_server("127.0.0.1", cert_dir=home / "tls") as api:
         assert api.tls is not None
         config = {
-            "identity": {
-                "agents": [
-                    {"name": AGENT, "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}
-                ]
-            },
+            "identity": static_agents(**{AGENT: TOKEN}),
             "targets": [
                 {
                     "name": "api",

@@ -7,7 +7,6 @@ host and port, and a request whose names disagree reaches nobody.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from tests.security.peers import (
     raw_proxy_request,
     raw_tunnel_request,
     recording_server,
+    static_agents,
 )
 
 AGENT, AGENT_TOKEN = "ci-bot", "agent-token-5c1e"
@@ -90,14 +90,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         config = {
             # Undeclared hosts are allowed here, as some operators do: rules still hold.
             "default": "allow",
-            "identity": {
-                "agents": [
-                    {
-                        "name": AGENT,
-                        "token_sha256": hashlib.sha256(AGENT_TOKEN.encode()).hexdigest(),
-                    }
-                ]
-            },
+            "identity": static_agents(**{AGENT: AGENT_TOKEN}),
             "targets": [
                 {
                     "name": "billing",
