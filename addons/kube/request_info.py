@@ -33,6 +33,7 @@ from holdgate.kube.protobuf import (
     ProtobufError,
     decode_envelope,
     decode_object,
+    decodes,
     object_meta,
     parse_fields,
 )
@@ -62,7 +63,6 @@ _STREAM_SUBRESOURCES = frozenset({"exec", "attach"})
 # Go's url.ParseQuery (1.24.12/1.25.6 and later) returns no values at all past this many.
 _GO_MAX_QUERY_PARAMS = 10000
 
-_PROTOBUF_FULL_KINDS = frozenset({"Secret", "ConfigMap", "Namespace"})
 _YAML_CONTENT_TYPES = frozenset({"application/yaml", "application/apply-patch+yaml"})
 
 
@@ -213,6 +213,20 @@ def read_body(content_type: str, content_encoding: str, body: bytes) -> BodyObje
     if media_type in _YAML_CONTENT_TYPES:
         return _read_document(body, _load_yaml)
     return _unread(f"unsupported content type {content_type!r}")
+
+
+def unread_reason(body: BodyObject | None) -> str:
+    """Why a body's document cannot be inspected, or "" when it can."""
+    if body is None:
+        return "the request has no body"
+    if body.error:
+        return f"the request body could not be read ({body.error})"
+    if body.document is None:
+        return (
+            f"the request body is protobuf and holdgate does not decode {body.api_version} "
+            f"{body.kind or 'objects'} (send it as JSON: kubectl create -f, kubectl apply)"
+        )
+    return ""
 
 
 def with_body(request: KubeRequest, body: BodyObject | None) -> KubeRequest:
@@ -936,8 +950,11 @@ def _read_protobuf(body: bytes) -> BodyObject:
         envelope = decode_envelope(body)
         if not envelope.raw:
             return _unread("bad protobuf: the envelope carries no object")
+        if envelope.content_encoding:
+            return _unread(f"protobuf body with content encoding {envelope.content_encoding!r}")
         metadata = object_meta(envelope)
-        document = decode_object(envelope) if envelope.kind in _PROTOBUF_FULL_KINDS else None
+        # Other kinds keep their name (for creates) but no document: see `unread_reason`.
+        document = decode_object(envelope) if decodes(envelope.api_version, envelope.kind) else None
     # TypeError: kube_protobuf chokes on a map entry sent with the wrong wire type.
     except (ProtobufError, TypeError) as e:
         return _unread(f"bad protobuf: {e}")

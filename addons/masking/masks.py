@@ -1166,7 +1166,7 @@ def _mask_protobuf(body: bytes, masks: MaskSet, kind: str | None) -> MaskResult:
         envelope = kube_protobuf.decode_envelope(body)
         if envelope.content_encoding:
             return _withheld(f"protobuf body with content encoding {envelope.content_encoding!r}")
-        if envelope.kind not in ("Secret", "ConfigMap", "Namespace"):
+        if not kube_protobuf.decodes(envelope.api_version, envelope.kind):
             return _withheld(f"protobuf {envelope.kind or 'body'} cannot be decoded in full")
         doc = kube_protobuf.decode_object(envelope)
     except kube_protobuf.ProtobufError as e:

@@ -36,6 +36,7 @@ from holdgate.kube.pod_security import TEMPLATE_PATHS as POD_TEMPLATE_PATHS
 from holdgate.kube.pod_security import Level as PodSecurityLevel
 from holdgate.kube.pod_security import pod_specs
 from holdgate.kube.pod_security import violations as pod_security_violations
+from holdgate.kube.request_info import unread_reason
 from holdgate.masking.masks import (
     EMPTY_MASKS,
     KUBERNETES_SECRET_MASKS,
@@ -99,6 +100,8 @@ class Rule:
     order: int
     # `violatesPodSecurity`: the level a rule checks, so its reason can say what was found.
     pod_security: PodSecurityLevel | None = None
+    # `body` conditions: when the body cannot be read, the reason says so.
+    reads_body: bool = False
     reviewers: tuple[str, ...] = ()
     # What `holdgate check` should say about the rule as written (it still works).
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -232,11 +235,7 @@ class Policy:
             for i in _indices(compatible & of_action):
                 rule = self.rules[i]
                 if rule.matches(facts):
-                    reason = _reason(rule)
-                    if rule.pod_security is not None:
-                        _, found = pod_security_finding(facts, rule.pod_security)
-                        reason = f"{reason} ({found})" if found else reason
-                    return Decision(rule.action, rule, reason)
+                    return Decision(rule.action, rule, decision_reason(rule, facts))
         action = Action(facts.target.default)
         reason = f"no rule matched; target {facts.target.name} default {action}"
         if power := privileged_power(facts):
@@ -429,6 +428,17 @@ def _may_hold_secrets(facts: RequestFacts) -> bool:
     return kube.resource == "secrets" or kube.resource == "*"
 
 
+def decision_reason(rule: Rule, facts: RequestFacts) -> str:
+    """Why `rule` decides `facts`: its message, and what its body conditions found or could not."""
+    reason = _reason(rule)
+    if rule.pod_security is not None:
+        _, found = pod_security_finding(facts, rule.pod_security)
+        return f"{reason} ({found})" if found else reason
+    if rule.reads_body and facts.body and (unread := unread_reason(facts.body)):
+        return f"{reason} ({unread}: its body conditions cannot be checked)"
+    return reason
+
+
 def _reason(rule: Rule) -> str:
     if rule.action is Action.DENY:
         return f"denied by rule {rule.id}: {rule.message or rule.description or 'no message'}"
@@ -533,9 +543,8 @@ def pod_security_finding(facts: RequestFacts, level: PodSecurityLevel) -> tuple[
     if kube.resource not in POD_TEMPLATE_PATHS or (kube.subresource and not ephemeral):
         return False, ""
     body = facts.body
-    if body is None or body.error or body.document is None:
-        why = body.error if body is not None and body.error else "no body"
-        return None, f"the request body could not be read ({why}), so its pods cannot be checked"
+    if body is None or body.document is None:
+        return None, f"{unread_reason(body)}, so its pods cannot be checked"
     document = body.document
     try:
         if ephemeral:
@@ -891,6 +900,7 @@ def _compile_rule(
             pod_security=PodSecurityLevel(raw["violatesPodSecurity"])
             if "violatesPodSecurity" in raw
             else None,
+            reads_body="body" in raw,
             warnings=tuple(warnings),
             required=raw.get("required", 1),
             timeout=timeout,

@@ -17,10 +17,14 @@ from holdgate.kube.protobuf import (
     _encode_varint,
     _field,
     decode_envelope,
+    decode_message,
     decode_object,
+    decode_object_meta,
+    encode_message,
     encode_object,
     object_meta,
 )
+from holdgate.kube.protobuf_schema import parse_proto, table
 
 TYPE_META_SECRET = _field(1, _field(1, b"v1") + _field(2, b"Secret"))
 
@@ -100,15 +104,18 @@ def test_envelope_fields() -> None:
     assert decode_envelope(body) == Envelope("v1", "Secret", raw, "gzip", "ct")
 
 
-def test_unknown_fields_are_skipped() -> None:
-    raw = (
-        _field(1, _field(1, b"db") + _encode_varint(4 << 3) + _encode_varint(7))
-        + _encode_varint(9 << 3 | 1)
-        + b"\x00" * 8
-        + _encode_varint(10 << 3 | 5)
-        + b"\x00" * 4
-    )
-    assert decode_object(decode_envelope(envelope("Secret", raw)))["metadata"] == {"name": "db"}
+def test_unknown_fields_are_refused_not_skipped() -> None:
+    """A field the table does not know could be what a rule is about: never read past it."""
+    raw = _field(1, _field(1, b"db")) + _encode_varint(9 << 3 | 1) + b"\x00" * 8
+    with pytest.raises(ProtobufError, match="field 9 of Secret is not known"):
+        decode_object(decode_envelope(envelope("Secret", raw)))
+    in_meta = _field(1, _field(1, b"db") + _encode_varint(99 << 3) + _encode_varint(7))
+    with pytest.raises(ProtobufError, match="field 99 of ObjectMeta is not known"):
+        decode_object(decode_envelope(envelope("Secret", in_meta)))
+    # Kinds decoded for their metadata only never look at the rest of the object.
+    other = _field(1, _field(1, b"r")) + _encode_varint(9 << 3 | 1) + b"\x00" * 8
+    body = MAGIC + _field(1, _field(1, b"rbac.authorization.k8s.io/v1") + _field(2, b"Role"))
+    assert object_meta(decode_envelope(body + _field(2, other))) == {"name": "r"}
 
 
 def test_empty_envelope() -> None:
@@ -155,7 +162,7 @@ MALFORMED_OBJECTS = [
     ),
     pytest.param("Secret", _field(1, _field(1, b"\xc3\x28")), "not UTF-8", id="name not UTF-8"),
     pytest.param(
-        "Secret", _field(1, b"\x08\x01"), "expected a string field", id="name as a varint"
+        "Secret", _field(1, b"\x08\x01"), "wrong wire type 0 for string", id="name as a varint"
     ),
     pytest.param(
         "Secret", _field(1, _field(11, b"\x0a")), "truncated varint", id="truncated label"
@@ -277,3 +284,130 @@ def test_configmap_round_trip(name: str, data: dict[str, str]) -> None:
     if data:
         obj["data"] = data
     assert decode_object(decode_envelope(encode_object(obj))) == obj
+
+
+# Decoding as the apiserver does: the table's types, Go's merge rules and JSON forms.
+
+POD = "k8s.io.api.core.v1.Pod"
+CONTAINER = "k8s.io.api.core.v1.Container"
+POD_SPEC = "k8s.io.api.core.v1.PodSpec"
+
+
+def test_workloads_round_trip_in_full() -> None:
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "strategy": {"rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}},
+            "template": {
+                "spec": {
+                    "hostPID": True,
+                    "securityContext": {"runAsUser": 0, "supplementalGroups": [1, 2]},
+                    "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "nginx",
+                            "resources": {"limits": {"cpu": "500m"}},
+                            "securityContext": {
+                                "privileged": False,
+                                "capabilities": {"add": ["SYS_ADMIN"]},
+                                "runAsUser": -1,
+                            },
+                        }
+                    ],
+                }
+            },
+        },
+    }
+    assert decode_object(decode_envelope(encode_object(deployment))) == deployment
+
+
+def test_scalars_last_wins_messages_merge_and_repeated_fields_append() -> None:
+    first = encode_message(CONTAINER, {"name": "a", "securityContext": {"privileged": True}})
+    second = encode_message(CONTAINER, {"name": "b", "securityContext": {"runAsUser": 5}})
+    assert decode_message(CONTAINER, first + second) == {
+        "name": "b",
+        "securityContext": {"privileged": True, "runAsUser": 5},
+    }
+    spec = encode_message("k8s.io.api.core.v1.PodSpec", {"containers": [{"name": "a"}]})
+    twice = decode_message("k8s.io.api.core.v1.PodSpec", spec + spec)
+    assert twice == {"containers": [{"name": "a"}, {"name": "a"}]}
+
+
+def test_packed_repeated_integers_and_negative_int32() -> None:
+    packed = bytes([1, 2, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F])  # 1, 2, then 2**32-1 read as int64
+    context = "k8s.io.api.core.v1.PodSecurityContext"
+    number = next(
+        n for n, f in table()["messages"][context].items() if f[0] == "supplementalGroups"
+    )
+    data = _field(number, packed)
+    assert decode_message(context, data) == {"supplementalGroups": [1, 2, 2**32 - 1]}
+    minus_one = _encode_varint(2**64 - 1)
+    probe = "k8s.io.api.core.v1.Probe"
+    number = next(n for n, f in table()["messages"][probe].items() if f[0] == "periodSeconds")
+    assert decode_message(probe, _encode_varint(number << 3) + minus_one) == {"periodSeconds": -1}
+
+
+def test_json_forms_of_apimachinery_types() -> None:
+    meta = decode_object_meta(_field(8, b""))  # creationTimestamp: Go's zero time
+    assert meta == {}
+    stamped = decode_object_meta(_field(8, _encode_varint(1 << 3) + _encode_varint(1700000000)))
+    assert stamped == {"creationTimestamp": "2023-11-14T22:13:20Z"}
+    port = "k8s.io.api.core.v1.ServicePort"
+    named = encode_message(port, {"targetPort": "http"})
+    numbered = encode_message(port, {"targetPort": 8080})
+    assert decode_message(port, named) == {"targetPort": "http"}
+    assert decode_message(port, numbered) == {"targetPort": 8080}
+
+
+def test_wire_type_mismatches_and_unknown_fields_raise() -> None:
+    with pytest.raises(ProtobufError, match="wrong wire type 2 for bool"):
+        # SecurityContext.privileged (field 2) sent length-delimited
+        decode_message("k8s.io.api.core.v1.SecurityContext", _field(2, b"\x01"))
+    with pytest.raises(ProtobufError, match="field 200 of Container is not known"):
+        decode_message(CONTAINER, _field(200, b""))
+
+
+def test_the_table_is_built_from_generated_proto_text() -> None:
+    proto = """
+syntax = "proto2";
+package k8s.io.api.core.v1;
+// Volume represents a named volume in a pod.
+message Volume {
+  // name of the volume.
+  optional string name = 1;
+
+  optional VolumeSource volumeSource = 2;
+}
+message VolumeSource {
+  optional .k8s.io.apimachinery.pkg.api.resource.Quantity sizeLimit = 3;
+  repeated string command = 4;
+  map<string, string> labels = 5;
+}
+"""
+    assert parse_proto(proto) == {
+        "k8s.io.api.core.v1.Volume": {
+            1: ("name", "string", "optional"),
+            2: ("volumeSource", "k8s.io.api.core.v1.VolumeSource", "inline"),
+        },
+        "k8s.io.api.core.v1.VolumeSource": {
+            3: ("sizeLimit", "k8s.io.apimachinery.pkg.api.resource.Quantity", "optional"),
+            4: ("command", "string", "repeated"),
+            5: ("labels", "map<string,string>", "map"),
+        },
+    }
+    shipped = table()
+    assert set(shipped["kinds"]) >= {"apps/v1/DaemonSet", "batch/v1/CronJob", "v1/Pod"}
+    assert "k8s.io/api" in shipped["source"]
+    # From gogo's Unmarshal: pointers keep their zero value, value fields drop it as JSON does.
+    security, spec = (
+        shipped["messages"][f"k8s.io.api.core.v1.{m}"] for m in ("SecurityContext", "PodSpec")
+    )
+    assert security[2] == ("privileged", "bool", "optional") and security[4][2] == "optional"
+    assert spec[11] == ("hostNetwork", "bool", "value")
+    sent = encode_message(POD_SPEC, {"hostNetwork": False, "securityContext": {"runAsUser": 0}})
+    assert decode_message(POD_SPEC, sent) == {"securityContext": {"runAsUser": 0}}

@@ -644,7 +644,7 @@ BODIES = [
             "Namespace",
             "prod",
             "",
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}, "spec": {}},
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}},
         ),
         id="protobuf namespace",
     ),
@@ -653,12 +653,12 @@ BODIES = [
         "",
         encode_object(
             {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
                 "metadata": {"name": "web", "namespace": "ns"},
             }
         ),
-        typed("apps/v1", "Deployment", "web", "ns", None),
+        typed("rbac.authorization.k8s.io/v1", "Role", "web", "ns", None),
         id="protobuf of another kind: metadata only",
     ),
     pytest.param(PROTOBUF, "", SECRET_PROTOBUF[:-9], "bad protobuf", id="truncated protobuf"),

@@ -924,13 +924,11 @@ def test_request_protobuf_decoded_in_full_is_shown_masked() -> None:
 
 
 def test_request_protobuf_that_cannot_be_decoded_in_full_is_withheld() -> None:
-    deployment = encode_object(
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}}
+    role = encode_object(
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "d"}}
     )
-    result = mask_request_body(
-        "application/vnd.kubernetes.protobuf", deployment, KUBERNETES_SECRET_MASKS
-    )
-    assert result.replaced_whole and "Deployment" in result.reason
+    result = mask_request_body("application/vnd.kubernetes.protobuf", role, KUBERNETES_SECRET_MASKS)
+    assert result.replaced_whole and "Role" in result.reason
     secret = encode_object({"apiVersion": "v1", "kind": "Secret", "data": {"k": b64(CANARY)}})
     result = mask_request_body(
         "application/vnd.kubernetes.protobuf", secret[:-9], KUBERNETES_SECRET_MASKS

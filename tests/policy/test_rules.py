@@ -21,7 +21,7 @@ from holdgate.policy.rules import (
     Decision,
     Policy,
     Rule,
-    _reason,
+    decision_reason,
     load_policy,
     parse_duration,
 )
@@ -714,7 +714,7 @@ def scan_every_rule(matching: list[Rule], facts: RequestFacts, config: Config) -
     for action in (Action.DENY, Action.APPROVE, Action.ALLOW):
         first = next((r for r in matching if r.action is action), None)
         if first is not None:
-            return Decision(action, first, _reason(first))
+            return Decision(action, first, decision_reason(first, facts))
     return Policy(()).decide(facts, config)  # no rules: the target's default
 
 
