@@ -2,12 +2,13 @@
 
 Keep-alive HTTPS clients (1 and 8) GET a ConfigMap from a loopback upstream: direct, through
 plain mitmdump (no addons), and through `holdgate run` with 10, 1,000 and 10,000 generated rules
-(bench/ruleset.py), agents authenticated, a mask rule on the answer, the archive on (a local
-directory; as configured by default, each response waits for its record's fsync, and once more
-at 1,000 rules without that wait). Configurations alternate within each round; figures are
+(bench/ruleset.py: namespace, agent and group globs, path rules, as teams write them), agents
+authenticated, a mask rule on the answer, the archive on (a local directory; as configured by
+default, each response waits for its record's fsync, and once more at 1,000 rules without that
+wait), and 10,000 rules again with the rule that allows the request last in load order. Configurations alternate within each round; figures are
 medians over rounds. Then the stall while 10,000 rules hot-reload, and, in process, the
-decision alone (classification, policy, masks) per request by rule count, with a check that the
-rule index decides exactly as a scan of every rule.
+decision alone (classification, policy, masks) per request by rule count, the matching rule
+first and last, with a check that the rule index decides exactly as a scan of every rule.
 
     .venv/bin/python bench/bench_gateway.py [--seconds 3] [--rounds 2] [--rules 10,1000,10000]
 """
@@ -30,6 +31,7 @@ import rig  # noqa: E402
 import ruleset  # noqa: E402
 
 THROUGHPUT_GOAL = 0.90
+RULES_GOAL = 0.90  # throughput with the largest rule set / the smallest, whatever the order
 DECISION_GOAL = 2.0
 
 
@@ -75,17 +77,19 @@ def end_to_end(
 ) -> None:
     mitmdump = rig.start_mitmdump(work / "mitmdump", upstream.ca)
     mid = 1000 if 1000 in counts else counts[len(counts) // 2]
-    variants = [(f"holdgate {n} rules", n, True) for n in counts]
-    variants.append((f"holdgate {mid}, no fsync wait", mid, False))
+    variants = [(f"holdgate {n} rules", n, True, False) for n in counts]
+    variants.append((f"holdgate {counts[-1]}, matching rule last", counts[-1], True, True))
+    variants.append((f"holdgate {mid}, no fsync wait", mid, False, False))
     gateways: dict[str, rig.Proxy] = {}
     try:
-        for label, n, fsync in variants:
+        for label, n, fsync, last in variants:
             home = work / label.replace(" ", "-").replace(",", "")
             config = ruleset.write_gateway_home(
                 home,
                 n,
                 ruleset.Upstreams(upstream.url, upstream.ca),
                 fsync_before_response=fsync,
+                matching_last=last,
             )
             gateways[label] = rig.start_holdgate(home, config)
         auth = rig.basic(ruleset.BENCH_AGENT, ruleset.BENCH_TOKEN)
@@ -234,6 +238,14 @@ def report(
             f"  per-request time, {high} / {low}, {clients} client(s): {per_request:.2f}; "
             f"gateway CPU added over mitmdump: {added_high:.0f} us vs {added_low:.0f} us"
         )
+    for name in (high, *[n for n in names if n.endswith("matching rule last")]):
+        for clients in (1, 8):
+            ratio = med[(name, clients)]["rps"] / med[(low, clients)]["rps"]
+            verdict = "met" if ratio >= RULES_GOAL else "MISSED"
+            print(
+                f"  throughput {name} / {low}, {clients} client(s): {ratio:.2f}  "
+                f"(goal >= {RULES_GOAL:.2f}: {verdict})"
+            )
 
 
 # --- in process -----------------------------------------------------------------------------
@@ -258,29 +270,36 @@ def best_per_call(fn: Callable[[], object], calls: int, repeats: int = 5) -> flo
 def in_process(work: Path, counts: list[int]) -> None:
     print("decision cost in process (best of 5 batches, GC off while timing)")
     print(
-        f"{'rules':>7}{'load':>9}{'candidates':>12}{'Policy.decide':>15}"
+        f"{'rules':>7}{'matching rule':>15}{'load':>8}{'candidates':>12}{'Policy.decide':>15}"
         f"{'+ facts, masks':>16}{'decide_url':>12}"
     )
     rows = {}
     checks: list[int] = []
     for n in counts:
-        load, candidates, checked, *timings = decision_cost(work, n)
-        checks.append(checked)
-        rows[n] = timings
-        decide, path, full = timings
-        print(f"{n:>7}{load:>8.1f}s{candidates:>12}{decide:>13.1f}us{path:>14.1f}us{full:>10.1f}us")
-        gc.collect()
+        for last in (False, True):
+            load, candidates, checked, *timings = decision_cost(work, n, last)
+            checks.append(checked)
+            rows[n, last] = timings
+            decide, path, full = timings
+            where = "last" if last else "first"
+            print(
+                f"{n:>7}{where:>15}{load:>7.1f}s{candidates:>12}{decide:>13.1f}us"
+                f"{path:>14.1f}us{full:>10.1f}us"
+            )
+            gc.collect()
     print(
         f"  index exact: {'/'.join(map(str, checks))} requests made from the rules' own values "
         "decided as a scan of every rule decides them"
     )
     low, high = counts[0], counts[-1]
-    for label, i in (("Policy.decide", 0), ("classify + decide + masks", 1), ("decide_url", 2)):
-        ratio = rows[high][i] / rows[low][i]
-        verdict = "met" if ratio <= DECISION_GOAL else "MISSED"
-        print(
-            f"  {label}, {high} / {low} rules: {ratio:.2f}  (goal <= {DECISION_GOAL:.1f}: {verdict})"
-        )
+    for last in (False, True):
+        for label, i in (("Policy.decide", 0), ("classify + decide + masks", 1), ("decide_url", 2)):
+            ratio = rows[high, last][i] / rows[low, last][i]
+            verdict = "met" if ratio <= DECISION_GOAL else "MISSED"
+            print(
+                f"  {label}, {high} / {low} rules, matching rule {'last' if last else 'first'}: "
+                f"{ratio:.2f}  (goal <= {DECISION_GOAL:.1f}: {verdict})"
+            )
 
 
 def index_differs(config: Any, policy: Any) -> tuple[int, list[str]]:
@@ -350,7 +369,9 @@ def _scan(rules: Any, facts: Any) -> Any:
     return Decision(Action(facts.target.default), None, "")
 
 
-def decision_cost(work: Path, n: int) -> tuple[float, int, int, float, float, float]:
+def decision_cost(
+    work: Path, n: int, matching_last: bool = False
+) -> tuple[float, int, int, float, float, float]:
     """Load time, candidate rules, requests checked against a full scan, and microseconds per
     request: Policy.decide alone; what the gateway's request hook computes (classification,
     decision, masks); `decide_url`."""
@@ -366,7 +387,10 @@ def decision_cost(work: Path, n: int) -> tuple[float, int, int, float, float, fl
     identity = Identity(ruleset.BENCH_AGENT, groups=("bench",))
     url = f"https://{ruleset.KUBE_HOST}{ruleset.CONFIGMAP_PATH}"
     config_path = ruleset.write_gateway_home(
-        work / f"in-process-{n}", n, ruleset.Upstreams("https://127.0.0.1:1", ca)
+        work / f"in-process-{n}-{'last' if matching_last else 'first'}",
+        n,
+        ruleset.Upstreams("https://127.0.0.1:1", ca),
+        matching_last=matching_last,
     )
     start = time.perf_counter()
     config = load_config(config_path)

@@ -2,7 +2,8 @@
 
 A large organisation's rule set: a handful of org-wide rules (discovery, production secrets,
 exec), then per-agent and per-namespace Kubernetes rules across ~25 resources, and path rules
-for plain HTTP services. Only the base rules concern the benchmark request (agent
+for plain HTTP services, written as teams write them: namespace globs (`team-004*`,
+`team-0042-?`), agent fleets (`agent-012*`), group rules with globs, path globs. Only the base rules concern the benchmark request (agent
 `bench-agent`, `GET /api/v1/namespaces/bench/configmaps/x`); the generated ones name other
 agents, namespaces and targets, as the rules of other teams would.
 """
@@ -139,9 +140,26 @@ class Shape:
         return max(10, self.rules // 10)
 
 
+def _namespaces(rng: random.Random, shape: Shape) -> list[str]:
+    """One to three namespaces as teams name them: exact, or a glob over a team's prefix."""
+    out = []
+    for _ in range(rng.randint(1, 3)):
+        team = rng.randrange(shape.namespaces)
+        pick = rng.random()
+        if pick < 0.6:
+            out.append(f"team-{team:04d}")
+        elif pick < 0.9:
+            out.append(f"team-{team // 10:03d}*")  # the ten namespaces of a department
+        else:
+            out.append(f"team-{team:04d}-?")  # numbered environments of one team
+    return out
+
+
 def _agent_rule(rng: random.Random, i: int, shape: Shape) -> dict[str, Any]:
     agent = f"agent-{rng.randrange(shape.agents):04d}"
-    namespaces = [f"team-{rng.randrange(shape.namespaces):04d}" for _ in range(rng.randint(1, 3))]
+    if rng.random() < 0.1:
+        agent = f"agent-{rng.randrange(shape.agents) // 10:03d}*"  # a fleet of agents
+    namespaces = _namespaces(rng, shape)
     chosen = rng.sample(RESOURCES, rng.randint(1, 4))
     kind = rng.random()
     rule: dict[str, Any] = {
@@ -182,7 +200,7 @@ def _namespace_rule(rng: random.Random, i: int, shape: Shape) -> dict[str, Any]:
     return {
         "id": f"g{i:05d}",
         "action": "allow",
-        "groups": [f"{namespace}-deployers"],
+        "groups": [f"{namespace}-deployers", f"{namespace[:8]}*-admins"],
         "apiGroups": ["apps"],
         "resources": ["deployments", "deployments/scale"],
         "verbs": ["get", "patch", "update"],
@@ -258,7 +276,7 @@ def generated_masks(count: int, seed: int = 9) -> list[dict[str, Any]]:
     return [
         {
             "id": f"m{i:04d}",
-            "namespaces": [f"team-{rng.randrange(shape.namespaces):04d}"],
+            "namespaces": _namespaces(rng, shape),
             "resources": ["configmaps"],
             "mask": [f"$.data.{rng.choice(['apiKey', 'dsn', 'webhookUrl'])}"],
         }
@@ -286,18 +304,25 @@ def write_gateway_home(
     approvals: bool = True,
     fsync_before_response: bool = True,
     slack: dict[str, Any] | None = None,
+    matching_last: bool = False,
 ) -> Path:
     """A config and rule files with `rules` policy rules under `home`; returns the config path.
 
-    `slack`: the `approvals.slack` section (the Slack simulator's), if any.
+    `slack`: the `approvals.slack` section (the Slack simulator's), if any. `matching_last`:
+    the rules about the benchmark agent come after every generated rule in load order.
     """
     rules_dir = home / "rules"
     rules_dir.mkdir(parents=True, exist_ok=True)
     extra = max(0, rules - len(BASE_RULES))
+    bench_ids = ("allow-bench-reads", "approve-bench-secrets")
+    bench = [r for r in BASE_RULES if r["id"] in bench_ids]
+    base = [r for r in BASE_RULES if r["id"] not in bench_ids] if matching_last else BASE_RULES
     files = {
-        "00-base.yaml": {"rules": BASE_RULES, "masks": BASE_MASKS},
+        "00-base.yaml": {"rules": base, "masks": BASE_MASKS},
         "10-teams.yaml": {"rules": generated_rules(extra), "masks": generated_masks(rules)},
     }
+    if matching_last:
+        files["99-bench.yaml"] = {"rules": bench}
     for name, doc in files.items():
         (rules_dir / name).write_text(yaml.safe_dump(doc, sort_keys=False, width=120))
     shape = Shape(rules)

@@ -182,15 +182,12 @@ class Policy:
         self._index = RuleIndex(
             [r.keys for r in self.rules], [r.action is not Action.ALLOW for r in self.rules]
         )
-        # Bit i is self.rules[i]; the most restrictive action first (deny-overrides).
-        self._by_action = tuple(
-            _bits(i for i, r in enumerate(self.rules) if r.action is action)
-            for action in sorted(Action, key=_RESTRICTIVENESS.__getitem__)
-        )
+        # The most restrictive action first (deny-overrides).
+        self._actions = tuple(sorted(Action, key=_RESTRICTIVENESS.__getitem__))
 
     def candidates(self, facts: RequestFacts) -> Iterator[Rule]:
         """Rules that could match, in load order: the index rules out the others."""
-        return (self.rules[i] for i in _indices(self._index.compatible(facts)))
+        return (self.rules[i] for i in self._index.candidates(facts))
 
     def decide(self, facts: RequestFacts, config: Config) -> Decision:
         """The decision for one request, and for each impersonation it asks for.
@@ -229,12 +226,11 @@ class Policy:
                 None,
                 f"host {facts.host}:{facts.port} is not a declared target; default {action}",
             )
-        compatible = self._index.compatible(facts)
+        candidates = [self.rules[i] for i in self._index.candidates(facts)]
         # The most restrictive action among matching rules wins; within it, the first in load order.
-        for of_action in self._by_action:
-            for i in _indices(compatible & of_action):
-                rule = self.rules[i]
-                if rule.matches(facts):
+        for of_action in self._actions:
+            for rule in candidates:
+                if rule.action is of_action and rule.matches(facts):
                     return Decision(rule.action, rule, decision_reason(rule, facts))
         action = Action(facts.target.default)
         reason = f"no rule matched; target {facts.target.name} default {action}"
@@ -253,16 +249,23 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class IndexKeys:
-    """The exact values a rule is limited to, per indexed field (None: not limited, or globs)."""
+    """The patterns a rule limits each indexed field to (None: not limited, or not indexable).
+
+    Exact values are looked up as they are; a glob by the literal prefix before its first
+    wildcard (`team-*` -> `team-`), which every value it matches starts with.
+    """
 
     targets: tuple[str, ...] | None = None
     resources: tuple[str, ...] | None = None
     verbs: tuple[str, ...] | None = None
     namespaces: tuple[str, ...] | None = None
     agents: tuple[str, ...] | None = None
+    groups: tuple[str, ...] | None = None
+    paths: tuple[str, ...] | None = None
 
 
-_DIMENSIONS = ("targets", "resources", "verbs", "namespaces", "agents")
+_DIMENSIONS = ("targets", "resources", "verbs", "namespaces", "agents", "groups", "paths")
+_WILDCARDS = "*?["
 # What a request presents on one dimension: keys (none at all: only unlimited rules can match),
 # or UNKNOWN (the matcher cannot tell: lenient rules can match whatever they are limited to).
 UNKNOWN = None
@@ -273,58 +276,117 @@ def request_keys(facts: RequestFacts) -> tuple[RequestKeys, ...]:
     """The request's values on each indexed dimension, as the matchers below read them."""
     kube = facts.kube
     target: RequestKeys = (facts.target.name,) if facts.target is not None else ()
-    agent: RequestKeys = (facts.identity.agent,) if facts.identity is not None else UNKNOWN
+    identity = facts.identity
+    agent: RequestKeys = (identity.agent,) if identity is not None else UNKNOWN
+    groups: RequestKeys = tuple(identity.groups) if identity is not None else UNKNOWN
+    path = (facts.path,)
     if kube is None:
-        return (target, (), (), (), agent)
+        return (target, (), (), (), agent, groups, path)
     verbs: RequestKeys = (kube.verb,)
     if kube.connects:
         verbs = (kube.verb, "create", "get")
     if not kube.resource_request:
-        return (target, (), verbs, (), agent)
+        return (target, (), verbs, (), agent, groups, path)
     namespace = kube.namespace
     if not namespace and kube.resource == "namespaces" and not kube.api_group:
         namespace = kube.name
     resource = (_combined_resource(kube.resource, kube.subresource),)
-    return (target, resource, verbs, (namespace,) if namespace else UNKNOWN, agent)
+    namespaces = (namespace,) if namespace else UNKNOWN
+    return (target, resource, verbs, namespaces, agent, groups, path)
+
+
+def _literal_prefix(pattern: str) -> str:
+    """What every value a glob matches starts with."""
+    cut = min((i for i in (pattern.find(c) for c in _WILDCARDS) if i >= 0), default=len(pattern))
+    return pattern[:cut]
+
+
+class _Dimension:
+    """One indexed field: which rules a value is compatible with, as a bitset."""
+
+    __slots__ = ("by_key", "by_prefix", "limited", "prefix_lengths", "unlimited", "when_unknown")
+
+    def __init__(self, limits: list[tuple[str, ...] | None], lenient: list[bool]) -> None:
+        self.unlimited = lenient_limited = 0
+        self.by_key: dict[str, int] = {}
+        self.by_prefix: dict[str, int] = {}
+        for i, limited_to in enumerate(limits):
+            bit = 1 << i
+            # A glob with no literal prefix (`*-prod`) cannot be looked up: not limited here.
+            if limited_to is None or any(
+                not _literal_prefix(p) for p in limited_to if any(c in p for c in _WILDCARDS)
+            ):
+                self.unlimited |= bit
+                continue
+            if lenient[i]:
+                lenient_limited |= bit
+            for pattern in limited_to:
+                if any(c in pattern for c in _WILDCARDS):
+                    prefix = _literal_prefix(pattern)
+                    self.by_prefix[prefix] = self.by_prefix.get(prefix, 0) | bit
+                else:
+                    self.by_key[pattern] = self.by_key.get(pattern, 0) | bit
+        self.when_unknown = self.unlimited | lenient_limited
+        self.limited = ((1 << len(limits)) - 1) & ~self.unlimited
+        self.prefix_lengths = sorted({len(p) for p in self.by_prefix})
+
+    def compatible(self, keys: RequestKeys) -> int:
+        if keys is UNKNOWN:
+            return self.when_unknown
+        out = self.unlimited
+        for key in keys:
+            out |= self.by_key.get(key, 0)
+            for length in self.prefix_lengths:
+                if length > len(key):
+                    break
+                out |= self.by_prefix.get(key[:length], 0)
+        return out
 
 
 class RuleIndex:
     """Which rules a request can match: per dimension, a bitset (bit i: rule i) of the rules
-    compatible with the request's value; the candidates are their intersection."""
+    compatible with the request's value; the candidates are their intersection. Results are
+    cached by the request's keys but the path (the index reads nothing else)."""
 
     def __init__(self, keys: list[IndexKeys], lenient: list[bool]) -> None:
-        self._dimensions: list[tuple[int, int, dict[str, int]]] = []
-        for name in _DIMENSIONS:
-            unlimited = lenient_limited = 0
-            by_key: dict[str, int] = {}
-            for i, rule_keys in enumerate(keys):
-                limited_to = getattr(rule_keys, name)
-                if limited_to is None:
-                    unlimited |= 1 << i
-                    continue
-                if lenient[i]:
-                    lenient_limited |= 1 << i
-                for key in limited_to:
-                    by_key[key] = by_key.get(key, 0) | 1 << i
-            self._dimensions.append((unlimited, unlimited | lenient_limited, by_key))
+        self._dimensions = [
+            _Dimension([getattr(k, name) for k in keys], lenient) for name in _DIMENSIONS
+        ]
         self._all = (1 << len(keys)) - 1
+        # By the request's keys but the path (which varies with every object name): the
+        # compatible rules as a bitset and as indices, and whether any is limited by path.
+        self._cache: dict[tuple[RequestKeys, ...], tuple[int, tuple[int, ...], bool]] = {}
+
+    def _lookup(self, keys: tuple[RequestKeys, ...]) -> tuple[int, tuple[int, ...], bool]:
+        found = self._cache.get(keys)
+        if found is None:
+            out = self._all
+            for dimension, values in zip(self._dimensions, keys, strict=False):
+                out &= dimension.compatible(values)
+                if not out:
+                    break
+            found = (out, tuple(_indices(out)), bool(out & self._dimensions[-1].limited))
+            if len(self._cache) >= _INDEX_CACHE:
+                self._cache.clear()
+            self._cache[keys] = found
+        return found
 
     def compatible(self, facts: RequestFacts) -> int:
         """The bitset of rules the request may match."""
-        out = self._all
-        for (unlimited, when_unknown, by_key), keys in zip(
-            self._dimensions, request_keys(facts), strict=True
-        ):
-            if keys is UNKNOWN:
-                out &= when_unknown
-                continue
-            compatible = unlimited
-            for key in keys:
-                compatible |= by_key.get(key, 0)
-            out &= compatible
-            if not out:
-                break
-        return out
+        *keys, path = request_keys(facts)
+        bits, _, by_path = self._lookup(tuple(keys))
+        return bits & self._dimensions[-1].compatible(path) if by_path else bits
+
+    def candidates(self, facts: RequestFacts) -> tuple[int, ...]:
+        """The indices of the rules the request may match, lowest first."""
+        *keys, path = request_keys(facts)
+        bits, indices, by_path = self._lookup(tuple(keys))
+        if by_path:
+            return tuple(_indices(bits & self._dimensions[-1].compatible(path)))
+        return indices
+
+
+_INDEX_CACHE = 8192
 
 
 def _bits(indices: Iterable[int]) -> int:
@@ -386,7 +448,7 @@ class MaskPolicy:
     def for_request(self, facts: RequestFacts) -> Masking:
         """The masks for one request (the Secret built-ins on Kubernetes targets, unless switched off)."""
         compatible = self._index.compatible(facts)
-        chosen = tuple(i for i in _indices(compatible) if self.rules[i].matches(facts))
+        chosen = tuple(i for i in self._index.candidates(facts) if self.rules[i].matches(facts))
         builtins = (
             facts.target is not None
             and facts.target.kind is TargetKind.KUBERNETES
@@ -827,14 +889,21 @@ def _exact(patterns: list[str] | None, wildcards: str) -> tuple[str, ...] | None
     return tuple(patterns)
 
 
+def _patterns(patterns: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(patterns) if patterns is not None else None
+
+
 def _index_keys(raw: dict[str, Any]) -> IndexKeys:
-    """The exact values the matchers of `raw` limit a request to (globs are not indexed)."""
+    """What the matchers of `raw` limit a request to: exact values, and globs for the fields
+    matched with fnmatch (resources and verbs: exact only, `*` is not a glob there)."""
     return IndexKeys(
-        targets=_exact(raw.get("targets"), "*?["),
+        targets=_patterns(raw.get("targets")),
         resources=_exact(raw.get("resources"), "*"),
         verbs=_exact(raw.get("verbs"), "*"),
-        namespaces=_exact(raw.get("namespaces"), "*?["),
-        agents=_exact(raw.get("agents"), "*?["),
+        namespaces=_patterns(raw.get("namespaces")),
+        agents=_patterns(raw.get("agents")),
+        groups=_patterns(raw.get("groups")),
+        paths=_patterns(raw.get("paths")),
     )
 
 

@@ -499,7 +499,7 @@ HOSTS = {
 }
 KUBE_TARGETS = ("cluster", "edge")
 
-# What rules say: exact values (the index keys on them) and globs (left to the matchers).
+# What rules say: exact values and globs (the index keys on both: globs by their literal prefix).
 KUBE_TARGET_PATTERNS = (*KUBE_TARGETS, "*", "c*", "e?ge", "[ce]*")
 TARGET_PATTERNS = (*HOSTS, "*", "?pi", "[aw]*")
 NAMESPACE_PATTERNS = (
@@ -527,9 +527,26 @@ NON_RESOURCE_PATTERNS = (
     "/openapi/*",
 )
 AGENT_PATTERNS = ("ci-1", "ci-42", "bob", "alice", "ci-*", "*", "?ob")
-GROUP_PATTERNS = ("interns", "deployers", "team-a-deployers", "*-deployers", "*")
+GROUP_PATTERNS = (
+    "interns",
+    "deployers",
+    "team-a-deployers",
+    "*-deployers",
+    "team-*",
+    "dep?oyers",
+    "*",
+)
 METHOD_PATTERNS = ("GET", "POST", "DELETE", "*")
-PATH_PATTERNS = ("/", "/v1/*", "/v1/admin*", "/admin/*", "/v1/users", "/api/*")
+PATH_PATTERNS = (
+    "/",
+    "/v1/*",
+    "/v1/admin*",
+    "/admin/*",
+    "/v1/users",
+    "/api/*",
+    "/v1/[au]*",
+    "*/users",
+)
 _NAMED = {"path": "$.metadata.name", "exists": True}
 _WEB_TEAM = {"path": "$.metadata.labels.team", "equals": "web"}
 BODY_CONDITIONS = ([_NAMED], [_WEB_TEAM], [_NAMED, _WEB_TEAM])
@@ -795,3 +812,38 @@ def test_index_decides_as_a_scan_of_every_rule(generated_home, case) -> None:
 
 def _outcome(decision: Decision) -> tuple[Action, str | None, str]:
     return decision.action, decision.rule.id if decision.rule else None, decision.reason
+
+
+def test_globs_groups_and_paths_are_indexed(generated_home) -> None:
+    """Rules limited by a glob with a literal prefix, by groups or by paths are not candidates
+    for requests outside them: a large rule set costs what the rules that concern a request do."""
+    config, rules_dir = generated_home
+    teams = [
+        {"id": f"t{i}", "action": "allow", "resources": ["pods"], "namespaces": [f"team-{i}*"]}
+        for i in range(20)
+    ]
+    teams += [
+        {"id": f"g{i}", "action": "allow", "resources": ["pods"], "groups": [f"ops-{i}", "x-*"]}
+        for i in range(20)
+    ]
+    teams += [
+        {"id": f"p{i}", "action": "deny", "targets": ["api"], "paths": [f"/v{i}/*"]}
+        for i in range(20)
+    ]
+    teams.append({"id": "suffix", "action": "deny", "namespaces": ["*-frozen"]})
+    (rules_dir / "00-first.yaml").write_text(yaml.safe_dump({"rules": teams}))
+    (rules_dir / "10-second.yaml").write_text("rules: []\n")
+    loaded = load_policy(config.rule_files(), config, compile_filter)
+    pods = "https://kubernetes.default.svc/api/v1/namespaces/{}/pods"
+    for url, identity, expected in (
+        (pods.format("team-7a"), Identity("bob", groups=("ops-3",)), {"t7", "g3", "suffix"}),
+        (pods.format("team-1"), Identity("bob", groups=("x-y",)), {"t1"} | {f"g{i}" for i in range(20)} | {"suffix"}),
+        (pods.format("other"), Identity("bob", groups=()), {"suffix"}),
+        ("https://api.internal/v12/users", Identity("bob"), {"p12", "suffix"}),
+    ):  # fmt: skip
+        decision, facts = decide_url(config, loaded, "GET", url, identity=identity)
+        assert {r.id for r in loaded.policy.candidates(facts)} == expected, url
+        scanned = scan_every_rule(
+            [r for r in loaded.policy.rules if r.matches(facts)], facts, config
+        )
+        assert _outcome(decision) == _outcome(scanned), url
