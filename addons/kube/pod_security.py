@@ -43,7 +43,8 @@ _SAFE_SYSCTLS = frozenset(
         "net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_syncookies",
         "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
         "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
-        "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes",
+        "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp_rmem",
+        "net.ipv4.tcp_wmem", "net.ipv4.tcp_slow_start_after_idle", "net.ipv4.tcp_notsent_lowat",
     }
 )  # fmt: skip
 _SELINUX_TYPES = frozenset(
@@ -100,9 +101,16 @@ def violations(meta: dict[str, Any], spec: dict[str, Any], level: Level) -> list
     return out
 
 
+def _user_namespace(spec: dict[str, Any]) -> bool:
+    """`hostUsers: false`: since 1.35 the standard relaxes procMount (baseline), runAsNonRoot
+    and runAsUser for pods in a user namespace."""
+    return spec.get("hostUsers") is False
+
+
 def _baseline(meta: dict[str, Any], spec: dict[str, Any]) -> list[str]:
     out: list[str] = []
     pod = _ctx(spec)
+    user_namespace = _user_namespace(spec)
     for field in ("hostNetwork", "hostPID", "hostIPC"):
         if spec.get(field) is True:
             out.append(f"{field}: true")
@@ -131,17 +139,13 @@ def _baseline(meta: dict[str, Any], spec: dict[str, Any]) -> list[str]:
         if (ctx.get("windowsOptions") or {}).get("hostProcess") is True:
             out.append(f"{where}: windowsOptions.hostProcess")
         added = ((ctx.get("capabilities") or {}).get("add")) or []
-        bad = [
-            cap
-            for cap in added
-            if str(cap).upper().removeprefix("CAP_") not in _BASELINE_CAPABILITIES
-        ]
+        bad = [cap for cap in added if cap not in _BASELINE_CAPABILITIES]  # exact, as upstream
         if bad:
             out.append(f"{where}: capabilities.add {', '.join(map(str, bad))}")
         for port in c.get("ports") or []:
             if isinstance(port, dict) and port.get("hostPort") not in (None, 0):
                 out.append(f"{where}: hostPort {port.get('hostPort')}")
-        if ctx.get("procMount") not in (None, "Default"):
+        if ctx.get("procMount") not in (None, "Default") and not user_namespace:
             out.append(f"{where}: procMount {ctx.get('procMount')}")
         out += _selinux(where, ctx)
         out += _seccomp_unconfined(where, ctx)
@@ -177,14 +181,25 @@ def _selinux(where: str, ctx: dict[str, Any]) -> list[str]:
     return out
 
 
+_PROFILE_TYPES = frozenset({"RuntimeDefault", "Localhost"})
+
+
 def _seccomp_unconfined(where: str, ctx: dict[str, Any]) -> list[str]:
-    kind = (ctx.get("seccompProfile") or {}).get("type")
-    return [f"{where}: seccompProfile Unconfined"] if kind == "Unconfined" else []
+    """A seccomp profile, where set, must be RuntimeDefault or Localhost."""
+    profile = ctx.get("seccompProfile")
+    if not isinstance(profile, dict):
+        return []
+    kind = profile.get("type")
+    return [] if kind in _PROFILE_TYPES else [f"{where}: seccompProfile {kind}"]
 
 
 def _apparmor(where: str, ctx: dict[str, Any]) -> list[str]:
-    kind = (ctx.get("appArmorProfile") or {}).get("type")
-    return [f"{where}: appArmorProfile {kind}"] if kind == "Unconfined" else []
+    """An AppArmor profile, where set, must be RuntimeDefault or Localhost."""
+    profile = ctx.get("appArmorProfile")
+    if not isinstance(profile, dict):
+        return []
+    kind = profile.get("type")
+    return [] if kind in _PROFILE_TYPES else [f"{where}: appArmorProfile {kind}"]
 
 
 def _restricted(spec: dict[str, Any]) -> list[str]:
@@ -197,31 +212,34 @@ def _restricted(spec: dict[str, Any]) -> list[str]:
             if bad:
                 out.append(f"volumes[{i}] {volume.get('name', '')}: {', '.join(bad)}")
     pod_non_root = pod.get("runAsNonRoot")
-    pod_seccomp = (pod.get("seccompProfile") or {}).get("type")
-    if pod.get("runAsUser") == 0:
-        out.append("pod runAsUser 0")
+    pod_seccomp = isinstance(pod.get("seccompProfile"), dict)  # invalid types: see baseline
+    user_namespace = _user_namespace(spec)
     windows = (spec.get("os") or {}).get("name") == "windows"
+    if not user_namespace:
+        if pod.get("runAsUser") == 0:
+            out.append("pod runAsUser 0")
+        if pod_non_root is False:
+            out.append("pod runAsNonRoot false")
     for where, c in _containers(spec):
         ctx = _ctx(c)
+        if ctx.get("procMount") not in (None, "Default") and user_namespace:
+            out.append(f"{where}: procMount {ctx.get('procMount')}")  # baseline relaxes it
         if not windows and ctx.get("allowPrivilegeEscalation") is not False:
             out.append(f"{where}: allowPrivilegeEscalation must be false")
-        non_root = ctx.get("runAsNonRoot", pod_non_root)
-        if non_root is not True:
-            out.append(f"{where}: runAsNonRoot must be true")
-        if ctx.get("runAsUser") == 0:
-            out.append(f"{where}: runAsUser 0")
-        seccomp = (ctx.get("seccompProfile") or {}).get("type", pod_seccomp)
-        if seccomp not in ("RuntimeDefault", "Localhost"):
+        if not user_namespace:
+            non_root = ctx.get("runAsNonRoot")
+            if non_root is False or (non_root is None and pod_non_root is not True):
+                out.append(f"{where}: runAsNonRoot must be true")
+            if ctx.get("runAsUser") == 0:
+                out.append(f"{where}: runAsUser 0")
+        if windows:
+            continue  # the API refuses seccomp and capabilities on Windows pods
+        if not isinstance(ctx.get("seccompProfile"), dict) and not pod_seccomp:
             out.append(f"{where}: seccompProfile must be RuntimeDefault or Localhost")
-        if not windows:
-            caps = ctx.get("capabilities") or {}
-            if "ALL" not in [str(d).upper() for d in caps.get("drop") or []]:
-                out.append(f"{where}: capabilities must drop ALL")
-            extra = [
-                a
-                for a in caps.get("add") or []
-                if str(a).upper().removeprefix("CAP_") != "NET_BIND_SERVICE"
-            ]
-            if extra:
-                out.append(f"{where}: capabilities.add {', '.join(map(str, extra))}")
+        caps = ctx.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            out.append(f"{where}: capabilities must drop ALL")
+        extra = [a for a in caps.get("add") or [] if a != "NET_BIND_SERVICE"]
+        if extra:
+            out.append(f"{where}: capabilities.add {', '.join(map(str, extra))}")
     return out

@@ -411,6 +411,8 @@ def encode_message(type_name: str, obj: dict[str, Any]) -> bytes:
             if part:
                 out += _field(number, encode_message(field_type, part))
     for key, value in obj.items():
+        if value is None:  # JSON null: unset
+            continue
         if key not in numbers:
             raise ValueError(f"{type_name} has no field {key!r}")
         number, field_type, label = numbers[key]

@@ -5,7 +5,8 @@ built-in kinds in `ROOT_KINDS`, its fields as `number -> [json name, type, label
 the `generated.proto` files of k8s.io/api and k8s.io/apimachinery (go-to-protobuf names each
 field by its JSON name). Types are a protobuf scalar, a fully qualified message name, one of the
 `SPECIAL` messages that have a JSON form of their own, or `map<K,V>`; label `inline` marks an
-embedded Go struct whose fields appear in the parent's JSON object (`INLINE`).
+embedded Go struct whose fields appear in the parent's JSON object, `value` a Go value field
+(its zero value is unset), both read from gogo's `generated.pb.go` beside each proto.
 
 Regenerate it from checkouts of both repositories when Kubernetes adds fields:
 
@@ -52,15 +53,15 @@ SPECIAL = frozenset(
     }
 )
 
-# Go structs embedded with `json:",inline"`: go-to-protobuf names such a field after its type, and
-# its fields appear in the parent's JSON object. The .proto does not say so; these are the ones
-# the decoded kinds reach (checked in the tests against kubectl's own JSON of the same objects).
-INLINE = frozenset(
-    {"LocalObjectReference", "VolumeSource", "PersistentVolumeSource", "EphemeralContainerCommon",
-     "VolumeStatus"}
-)  # fmt: skip
+# Go structs embedded in another are inline in its JSON (`json:",inline"`), except the
+# ObjectMeta/ListMeta every object embeds as `metadata`. The .proto does not say which fields
+# are embedded; gogo's generated Unmarshal does (`m.ProbeHandler.Unmarshal`: a value field named
+# after its type) and Kubernetes' round-trip fixtures confirm it (its name never appears in
+# their JSON). The tests decode those fixtures' protobuf and compare with their JSON.
+NOT_INLINE = frozenset({"ObjectMeta", "ListMeta", "TypeMeta"})
 
 Field = tuple[str, str, str]  # json name, type, label (see LABELS)
+Key = tuple[str, int]
 # optional: a Go pointer, present when sent; value: a Go value field, whose zero value is unset
 # (gogo sends it anyway); repeated; map; inline.
 LABELS = ("optional", "value", "repeated", "map", "inline")
@@ -116,11 +117,7 @@ def parse_proto(text: str) -> dict[str, dict[int, Field]]:
         fields: dict[int, Field] = {}
         for label, type_name, key, value, field_name, number in _FIELD.findall(body):
             if label:
-                qualified = _qualify(package, type_name)
-                short = qualified.rsplit(".", 1)[-1]
-                if short in INLINE and field_name == short[0].lower() + short[1:]:
-                    label = "inline"
-                fields[int(number)] = (field_name, qualified, label)
+                fields[int(number)] = (field_name, _qualify(package, type_name), label)
             else:
                 map_type = f"map<{_qualify(package, key)},{_qualify(package, value)}>"
                 fields[int(number)] = (field_name, map_type, "map")
@@ -134,18 +131,21 @@ _UNMARSHAL = re.compile(
 _CASE = re.compile(r"^\t\tcase (\d+):$", re.M)
 
 
-def value_fields(generated_go: str, package: str) -> set[tuple[str, int]]:
-    """(message, field number) of the scalar fields that are Go values, not pointers.
-
-    Read from gogo's generated Unmarshal: a pointer field is assigned `m.Field = &v`.
-    """
-    found: set[tuple[str, int]] = set()
+def go_fields(generated_go: str, package: str) -> tuple[set[Key], set[tuple[str, int, str]]]:
+    """From gogo's generated Unmarshal: (message, field number) of the scalar fields that are Go
+    values rather than pointers (a pointer is assigned `m.Field = &v`), and of the embedded
+    structs (`m.TypeName.Unmarshal(...)` on a value field)."""
+    values: set[Key] = set()
+    embedded: set[tuple[str, int, str]] = set()
     for name, body in _UNMARSHAL.findall(generated_go):
         parts = _CASE.split(body)
         for number, block in zip(parts[1::2], parts[2::2], strict=True):
-            if re.search(r"\bm\.\w+ = &\w+$", block, re.M) is None:
-                found.add((f"{package}.{name}", int(number)))
-    return found
+            key = (f"{package}.{name}", int(number))
+            if re.search(r"\bm\.\w+ = &", block) is None:
+                values.add(key)
+                if called := re.search(r"\bm\.(\w+)\.Unmarshal\(", block):
+                    embedded.add((*key, called.group(1)))
+    return values, embedded
 
 
 def _types_of(field_type: str) -> list[str]:
@@ -157,7 +157,8 @@ def _types_of(field_type: str) -> list[str]:
 def build(api: Path, apimachinery: Path) -> dict[str, Any]:
     """The table for ROOT_KINDS from checkouts of k8s.io/api and k8s.io/apimachinery."""
     every: dict[str, dict[int, Field]] = {}
-    values: set[tuple[str, int]] = set()
+    values: set[Key] = set()
+    embedded: set[tuple[str, int, str]] = set()
     for root in (api, apimachinery):
         for proto in sorted(root.rglob("generated.proto")):
             parsed = parse_proto(proto.read_text(encoding="utf-8"))
@@ -165,11 +166,30 @@ def build(api: Path, apimachinery: Path) -> dict[str, Any]:
             go = proto.with_name("generated.pb.go")
             if parsed and go.exists():
                 package = next(iter(parsed)).rsplit(".", 1)[0]
-                values |= value_fields(go.read_text(encoding="utf-8"), package)
+                found_values, found_embedded = go_fields(go.read_text(encoding="utf-8"), package)
+                values |= found_values
+                embedded |= found_embedded
+    # The JSON of every root kind with every field set (k8s.io/api's round-trip fixtures): an
+    # embedded struct whose field name appears there is a named field, not an inline one.
+    fixtures = "".join(
+        (api / "testdata" / "HEAD" / f"{_fixture_prefix(version)}.{kind}.json").read_text()
+        for version, names in ROOT_KINDS.items()
+        for kind in names
+    )
     for message, fields in every.items():
         for number, (name, field_type, label) in fields.items():
-            if label == "optional" and "." not in field_type and (message, number) in values:
+            short = field_type.rsplit(".", 1)[-1]
+            if label != "optional":
+                continue
+            if "." not in field_type and (message, number) in values:
                 fields[number] = (name, field_type, "value")
+            elif (
+                (message, number, short) in embedded
+                and short not in NOT_INLINE
+                and field_type not in SPECIAL
+                and f'"{name}":' not in fixtures
+            ):
+                fields[number] = (name, field_type, "inline")
     kinds = {
         f"{version}/{kind}": f"{PACKAGES[version]}.{kind}"
         for version, names in ROOT_KINDS.items()
@@ -197,6 +217,11 @@ def build(api: Path, apimachinery: Path) -> dict[str, Any]:
             for name, fields in sorted(reachable.items())
         },
     }
+
+
+def _fixture_prefix(api_version: str) -> str:
+    group, _, version = api_version.rpartition("/")
+    return f"{group or 'core'}.{version}"
 
 
 def _commit(checkout: Path) -> str:

@@ -4,11 +4,14 @@ own fixtures (a minimal passing pod, then one change each that must fail)."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from holdgate.kube.pod_security import Level, pod_specs, violations
+from holdgate.kube.protobuf import decode_envelope, decode_object, encode_object
 
 BASE: dict[str, Any] = {"containers": [{"name": "c", "image": "busybox"}]}
 RESTRICTED: dict[str, Any] = {
@@ -128,3 +131,27 @@ def test_every_workload_kind_is_found(resource: str, document: dict[str, Any]) -
     [(_, spec)] = pod_specs(resource, document)
     assert spec == BASE
     assert pod_specs("configmaps", document) == []
+
+
+# The PodSecurity admission's own fixtures (see pod_security_vectors/README.md).
+
+VECTORS = Path(__file__).with_name("pod_security_vectors")
+FIXTURES = sorted(VECTORS.glob("*/*/*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "fixture", FIXTURES, ids=[str(f.relative_to(VECTORS).with_suffix("")) for f in FIXTURES]
+)
+def test_upstream_vectors(fixture: Path) -> None:
+    level_name, outcome = fixture.parts[-3], fixture.parts[-2]
+    pod = yaml.safe_load(fixture.read_text())
+    from_protobuf = decode_object(decode_envelope(encode_object(pod)))
+    for document in (pod, from_protobuf):
+        [(meta, spec)] = pod_specs("pods", document)
+        found = violations(meta, spec, Level(level_name))
+        assert bool(found) == (outcome == "fail"), found
+
+
+def test_the_vectors_are_there() -> None:
+    assert len(FIXTURES) > 140
+    assert {f.parts[-3] for f in FIXTURES} == {"baseline", "restricted"}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
+import tarfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +27,7 @@ from holdgate.kube.protobuf import (
     encode_object,
     object_meta,
 )
-from holdgate.kube.protobuf_schema import parse_proto, table
+from holdgate.kube.protobuf_schema import go_fields, parse_proto, table
 
 TYPE_META_SECRET = _field(1, _field(1, b"v1") + _field(2, b"Secret"))
 
@@ -392,7 +395,7 @@ message VolumeSource {
     assert parse_proto(proto) == {
         "k8s.io.api.core.v1.Volume": {
             1: ("name", "string", "optional"),
-            2: ("volumeSource", "k8s.io.api.core.v1.VolumeSource", "inline"),
+            2: ("volumeSource", "k8s.io.api.core.v1.VolumeSource", "optional"),
         },
         "k8s.io.api.core.v1.VolumeSource": {
             3: ("sizeLimit", "k8s.io.apimachinery.pkg.api.resource.Quantity", "optional"),
@@ -400,6 +403,25 @@ message VolumeSource {
             5: ("labels", "map<string,string>", "map"),
         },
     }
+    # gogo's Unmarshal says which fields are Go values, pointers, or embedded structs.
+    unmarshal = """
+func (m *Volume) Unmarshal(dAtA []byte) error {
+\tfor iNdEx < l {
+\t\tswitch fieldNum {
+\t\tcase 1:
+\t\t\tm.Name = string(dAtA[iNdEx:postIndex])
+\t\tcase 2:
+\t\t\tif err := m.VolumeSource.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+\t\tcase 3:
+\t\t\tm.ReadOnly = &b
+\t\t}
+\t}
+}
+"""
+    values, embedded = go_fields(unmarshal, "k8s.io.api.core.v1")
+    volume = "k8s.io.api.core.v1.Volume"
+    assert values == {(volume, 1), (volume, 2)}
+    assert embedded == {(volume, 2, "VolumeSource")}
     shipped = table()
     assert set(shipped["kinds"]) >= {"apps/v1/DaemonSet", "batch/v1/CronJob", "v1/Pod"}
     assert "k8s.io/api" in shipped["source"]
@@ -411,3 +433,43 @@ message VolumeSource {
     assert spec[11] == ("hostNetwork", "bool", "value")
     sent = encode_message(POD_SPEC, {"hostNetwork": False, "securityContext": {"runAsUser": 0}})
     assert decode_message(POD_SPEC, sent) == {"securityContext": {"runAsUser": 0}}
+
+
+# Kubernetes' own round-trip fixtures: every field set, protobuf and JSON of the same object.
+
+FIXTURES = Path(__file__).with_name("protobuf_fixtures") / "roundtrip.tar.xz"
+
+
+def _fixture_pairs() -> dict[str, tuple[bytes, Any]]:
+    with tarfile.open(FIXTURES) as archive:
+        files = {m.name: archive.extractfile(m).read() for m in archive if m.isfile()}  # type: ignore[union-attr]
+    return {
+        name.removesuffix(".pb"): (data, json.loads(files[name.removesuffix(".pb") + ".json"]))
+        for name, data in files.items()
+        if name.endswith(".pb")
+    }
+
+
+PAIRS = _fixture_pairs()
+
+
+def _as_go_json(value: Any) -> Any:
+    """JSON as Go writes it, less what a zero value and an unset one cannot tell apart."""
+    if isinstance(value, dict):
+        kept = {k: _as_go_json(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not None}
+    if isinstance(value, list):
+        return [_as_go_json(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_kubernetes_round_trip_fixtures_decode_to_their_json(name: str) -> None:
+    data, expected = PAIRS[name]
+    decoded = decode_object(decode_envelope(data))
+    assert _as_go_json(decoded) == _as_go_json(expected)
+
+
+def test_every_kind_decoded_in_full_has_a_fixture() -> None:
+    kinds = {name.rsplit(".", 1)[1] for name in PAIRS}
+    assert kinds == {key.rsplit("/", 1)[1] for key in table()["kinds"]}
