@@ -103,6 +103,17 @@ def test_embedded_default_sandbox(tmp_path: Path) -> None:
         assert f"secret/{name} created" in out
         result = kubectl(kubeconfig, "get", "secrets", "-n", "prod")
         assert "deny-prod-secret-reads" in result.stderr
+        # kubectl's generators send protobuf: read in full, checked against the Pod Security rule.
+        deployment = f"web-{os.getpid()}"
+        result = kubectl(
+            kubeconfig, "create", "deployment", deployment, "--image=nginx", "-n", "sandbox"
+        )
+        assert result.returncode == 0, result.stderr
+        result = kubectl(
+            kubeconfig, "debug", "-n", "sandbox", "web-0", f"--copy-to={deployment}-debug",
+            "--image=busybox", "--profile=sysadmin", "--", "true",
+        )  # fmt: skip
+        assert "deny-unsafe-pods" in result.stderr and "privileged" in result.stderr
         curl = gw.wait_for_output(r"curl: +curl --proxy (.+?) --cacert \S+mitmproxy-ca-cert\.pem")
         assert agent_token not in curl.group(0) and "$(cat " in curl.group(1)
         assert agent_token not in gw.output()
