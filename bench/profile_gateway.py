@@ -5,7 +5,7 @@ ptrace, which root or CAP_SYS_PTRACE gives). Prints, for the functions of addons
 mitmproxy functions that dispatch to them, the CPU time per request (inclusive), and keeps the
 raw samples for flame graphs (`py-spy record -f raw` output, one stack per line).
 
-    .venv/bin/python bench/profile_gateway.py [--rules 1000] [--seconds 10] [--no-fsync-wait]
+    .venv/bin/python bench/profile_gateway.py [--rules 1000] [--seconds 10] [--fsync-every-response]
                                               [--writer]
 
 With --writer the archive's writer process is sampled instead of the gateway process.
@@ -53,7 +53,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--no-fsync-wait", action="store_true")
+    parser.add_argument(
+        "--fsync-every-response", action="store_true", help="fsync_before_response: true"
+    )
     parser.add_argument(
         "--writer", action="store_true", help="sample the archive's writer process instead"
     )
@@ -71,7 +73,7 @@ def main() -> int:
             work / "holdgate",
             args.rules,
             ruleset.Upstreams(upstream.url, upstream.ca),
-            fsync_before_response=not args.no_fsync_wait,
+            fsync_before_response=True if args.fsync_every_response else "privileged",
         )
         proxy = rig.start_holdgate(work / "holdgate", config)
         try:

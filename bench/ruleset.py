@@ -302,7 +302,7 @@ def write_gateway_home(
     upstream: Upstreams,
     *,
     approvals: bool = True,
-    fsync_before_response: bool = True,
+    fsync_before_response: bool | str = "privileged",
     slack: dict[str, Any] | None = None,
     matching_last: bool = False,
 ) -> Path:
@@ -372,7 +372,8 @@ def write_gateway_home(
         }
         if slack is not None:
             config["approvals"]["slack"] = slack
-    # The archive is always on: a local directory, fsync per batch before responses by default.
+    # The archive is always on: a local directory; by default privileged responses wait for
+    # their record's fsync, reads only until it is in the writer's pipe.
     config["archive"] = {
         "directory": str(home / "archive"),
         "spool": str(home / "spool"),

@@ -28,7 +28,12 @@ from mitmproxy import connection, ctx, exceptions, http, version
 from holdgate.archive.records import Captured, plain
 from holdgate.archive.spool import MAX_PENDING
 from holdgate.archive.writer import WRITER_COMMAND, frame, take_frames
-from holdgate.config.archive_settings import ArchiveSettings, RequireFor, is_privileged
+from holdgate.config.archive_settings import (
+    ArchiveSettings,
+    RequireFor,
+    is_privileged,
+    waits_for_fsync,
+)
 
 log = logging.getLogger("holdgate.archive")
 
@@ -124,7 +129,9 @@ class Archive:
     async def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is not None:
             return  # recorded with its messages at websocket_end
-        wait = self.settings is not None and self.settings.fsync_before_response
+        wait = self.settings is not None and waits_for_fsync(
+            self.settings.fsync_before_response, flow.metadata.get("holdgate") or {}
+        )
         future = self._record(flow, wait=wait)
         if future is None:
             # Without the fsync wait the response still waits while the record is only in this

@@ -28,6 +28,14 @@ class RequireFor(StrEnum):
     NONE = "none"
 
 
+class Durability(StrEnum):
+    """Which responses wait until their record is fsynced (`fsync_before_response`)."""
+
+    ALL = "all"  # `true`: every response
+    PRIVILEGED = "privileged"  # writes, exec and other power, held and denied requests
+    NONE = "none"  # `false`: released once the record is in the writer's pipe
+
+
 class ArchiveSettingsError(ValueError):
     """An invalid `archive:` setting; `location` is its path below `archive`."""
 
@@ -80,7 +88,7 @@ class ArchiveSettings:
     require_for: RequireFor = RequireFor.PRIVILEGED
     audit_webhook: WebhookSettings | None = None
     capture_bytes: int = 1 * MIB
-    fsync_before_response: bool = True
+    fsync_before_response: Durability = Durability.PRIVILEGED
     mask_headers: tuple[str, ...] = ()
     retry_initial: float = 1.0
     retry_max: float = 60.0
@@ -110,9 +118,11 @@ class ArchiveSettings:
         mask_headers = data.get("mask_headers", [])
         if not isinstance(mask_headers, list) or not all(isinstance(h, str) for h in mask_headers):
             raise ArchiveSettingsError(("mask_headers",), "must be a list of header names")
-        fsync = data.get("fsync_before_response", True)
-        if not isinstance(fsync, bool):
-            raise ArchiveSettingsError(("fsync_before_response",), "must be true or false")
+        fsync = data.get("fsync_before_response", "privileged")
+        if fsync not in (True, False, "privileged"):
+            raise ArchiveSettingsError(
+                ("fsync_before_response",), "must be true, false or privileged"
+            )
         return cls(
             directory=directory,
             spool=spool,
@@ -122,7 +132,11 @@ class ArchiveSettings:
             require_for=RequireFor(require),
             audit_webhook=webhook,
             capture_bytes=_number(data, "capture_bytes", MIB, integer=True, minimum=0),
-            fsync_before_response=fsync,
+            fsync_before_response=Durability.ALL
+            if fsync is True
+            else Durability.NONE
+            if fsync is False
+            else Durability.PRIVILEGED,
             mask_headers=tuple(h.lower() for h in mask_headers),
             retry_initial=_number(
                 retry, "initial_seconds", 1.0, minimum=0.01, location=("upload_retry",)
@@ -198,7 +212,7 @@ ARCHIVE_SCHEMA: dict[str, Any] = {
             "description": "POST Kubernetes audit events (EventList) here, e.g. Falco's k8saudit.",
         },
         "capture_bytes": {"type": "integer", "minimum": 0},
-        "fsync_before_response": {"type": "boolean"},
+        "fsync_before_response": {"oneOf": [{"type": "boolean"}, {"const": "privileged"}]},
         "mask_headers": {"type": "array", "items": {"type": "string"}},
         "upload_retry": {
             "type": "object",
@@ -327,6 +341,22 @@ def _webhook(data: Any, base: Path) -> WebhookSettings:
             raise ArchiveSettingsError((*where, "ca"), f"CA file {ca} not found")
     timeout = _number(raw, "timeout", 10.0, minimum=0.001, location=where)
     return WebhookSettings(url=str(url), ca=ca, timeout=timeout)
+
+
+def waits_for_fsync(durability: Durability, metadata: Mapping[str, Any]) -> bool:
+    """Whether a response waits until its record is fsynced, from the flow's holdgate metadata.
+
+    Under `privileged`: every flow but an allowed read (held, denied, refused and unclassified
+    flows wait too).
+    """
+    if durability is not Durability.PRIVILEGED:
+        return durability is Durability.ALL
+    decision = metadata.get("decision")
+    request = metadata.get("request")
+    if not isinstance(decision, Mapping) or not isinstance(request, Mapping):
+        return True
+    action = str(decision.get("action", ""))
+    return action != "allow" or "hold" in metadata or is_privileged(request, action)
 
 
 def is_privileged(request: Mapping[str, Any], action: str) -> bool:

@@ -89,7 +89,7 @@ def spooled_ids(settings: ArchiveSettings) -> list[str]:
 async def test_response_waits_until_the_flow_is_durable(
     tmp_path: Path, archive_factory: Callable[..., Archive]
 ) -> None:
-    settings = settings_for(tmp_path)
+    settings = settings_for(tmp_path, fsync_before_response=True)
     archive = archive_factory(settings)
     flow = canary_flow()
     before = flow.get_state()
@@ -375,6 +375,45 @@ async def test_without_the_fsync_wait_a_response_waits_while_the_pipe_is_full(
     await asyncio.wait_for(waiting, 15)
     await drain(archive)
     assert len(archived(settings)) == len(flows) + 1
+
+
+async def test_by_default_privileged_responses_wait_for_the_fsync_and_reads_do_not(
+    tmp_path: Path, archive_factory: Callable[..., Archive]
+) -> None:
+    settings = settings_for(tmp_path)  # fsync_before_response: privileged
+    archive = archive_factory(settings)
+    writer = archive.writer
+    assert writer is not None and writer.process is not None
+    create = {**KUBE_GET, "verb": "create", "name": ""}
+    exec_ = {**KUBE_GET, "verb": "create", "subresource": "exec"}
+    os.kill(writer.process.pid, signal.SIGSTOP)  # nothing gets fsynced for a while
+    try:
+        read = canary_flow(1)
+        await asyncio.wait_for(archive.response(read), 5)  # released once in the writer's pipe
+        waiting = {
+            "write": asyncio.create_task(archive.response(canary_flow(2, kube=create))),
+            "exec": asyncio.create_task(archive.response(canary_flow(3, kube=exec_))),
+            "denied read": asyncio.create_task(
+                archive.response(canary_flow(4, action="deny", rule="no"))
+            ),
+            "held read": asyncio.create_task(
+                archive.response(canary_flow(5, action="approve", hold={"state": "approved"}))
+            ),
+            "unclassified": asyncio.create_task(archive.response(_unclassified(6))),
+        }
+        await asyncio.sleep(0.5)
+        assert [what for what, task in waiting.items() if task.done()] == []
+    finally:
+        os.kill(writer.process.pid, signal.SIGCONT)
+    await asyncio.wait_for(asyncio.gather(*waiting.values()), 15)
+    await drain(archive)
+    assert len(archived(settings)) == 6
+
+
+def _unclassified(n: int) -> http.HTTPFlow:
+    flow = canary_flow(n)
+    flow.metadata["holdgate"] = {}
+    return flow
 
 
 async def test_stop_flushes_the_open_segment(tmp_path: Path) -> None:
