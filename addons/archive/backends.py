@@ -221,6 +221,26 @@ class S3Backend:
             for item in page.get("Contents", []):
                 yield StoredObject(item["Key"], int(item["Size"]))
 
+    def versions(self) -> dict[str, tuple[int, bool]]:
+        """Per key under the prefix: how many versions the bucket keeps, and whether a delete
+        marker hides it (an unversioned bucket has one version per key and no markers)."""
+        kwargs: dict[str, Any] = {"Bucket": self.settings.bucket}
+        if self.prefix:
+            kwargs["Prefix"] = self.prefix + "/"
+
+        def pages() -> list[dict[str, Any]]:
+            return list(self.client.get_paginator("list_object_versions").paginate(**kwargs))
+
+        out: dict[str, tuple[int, bool]] = {}
+        for page in self._call("list versions", self.prefix or "/", pages):
+            for item in page.get("Versions", []):
+                count, deleted = out.get(item["Key"], (0, False))
+                out[item["Key"]] = (count + 1, deleted)
+            for item in page.get("DeleteMarkers", []):
+                count, _ = out.get(item["Key"], (0, False))
+                out[item["Key"]] = (count, True)
+        return out
+
     def _pages(self, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from self.client.get_paginator("list_objects_v2").paginate(**kwargs)
 

@@ -15,17 +15,28 @@ import socket
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from holdgate.archive import signing
 from holdgate.archive.backends import Backend, BackendError, make_backend
 from holdgate.archive.durable_files import atomic_write
 from holdgate.archive.flow_format import split_records
 from holdgate.archive.layout import Kind
-from holdgate.archive.reading import Altered, fetch, read_manifest, scan, verify
+from holdgate.archive.reading import (
+    Altered,
+    fetch,
+    read_manifest,
+    scan,
+    signature_problem,
+    verify,
+)
 from holdgate.archive.spool import Spool
 from holdgate.config.archive_settings import ArchiveSettings
 
@@ -70,18 +81,23 @@ def _load(args: argparse.Namespace) -> tuple[ArchiveSettings, str] | int:
 class ProgressBar:
     """Download progress on stderr: a bar on a terminal, a line per object otherwise."""
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, label: str, total: int, stream: TextIO | None = None, quiet: bool = False
+    ) -> None:
         self.label = label
         self.total = total
         self.count = 0
         self.bytes = 0
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
+        self.quiet = quiet
 
     def __call__(self, key: str, size: int) -> None:
         """One object downloaded."""
         self.count += 1
         self.bytes += size
+        if self.quiet:
+            return
         if self.tty:
             width = 30
             done = width * self.count // max(self.total, 1)
@@ -122,20 +138,32 @@ def stale_segments(
     ]
 
 
+def verification_key(settings: ArchiveSettings, public_key: str | None) -> Ed25519PublicKey | None:
+    """The key signatures are checked with: `--public-key FILE`, else the gateway's own signing
+    key where it exists on this host, else None (signatures cannot be checked)."""
+    if public_key:
+        return signing.load_public(Path(public_key).read_bytes())
+    if settings.signing_key is not None and settings.signing_key.is_file():
+        return signing.load_public(settings.signing_key.read_bytes())
+    return None
+
+
 def verify_archive(
     settings: ArchiveSettings,
     out: TextIO | None = None,
     as_json: bool = False,
     max_backlog_age: float | None = None,
+    public: Ed25519PublicKey | None = None,
+    quiet: bool = False,
 ) -> int:
-    """Check every object and the hash chain; 0 when intact, 1 with one line per problem,
-    EXIT_BACKLOG when it is intact but sealed segments have waited too long for upload."""
+    """Check every object, the hash chain and the signatures; 0 when intact, 1 with one line
+    per problem, EXIT_BACKLOG when it is intact but sealed segments have waited too long."""
     out = out or sys.stdout
     stale = stale_segments(settings, max_backlog_age) if max_backlog_age is not None else []
     backend = make_backend(settings)
-    progress = ProgressBar("verifying", _object_count(backend))
+    progress = ProgressBar("verifying", _object_count(backend), quiet=quiet)
     try:
-        report = verify(backend, settings.spool, progress)
+        report = verify(backend, settings.spool, progress, public)
     except BackendError as e:
         print(f"holdgate archive verify: {backend.describe()}: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -162,9 +190,13 @@ def verify_archive(
         for line in stale:
             out.write(f"STALE {line} in the spool {settings.spool} (not uploaded)\n")
         verdict = "ok" if report.ok else "FAILED"
+        counts = Counter(p.kind for p in report.problems if p.kind != "pending")
+        by_kind = f" ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})" if counts else ""
+        signed = "signatures checked" if public is not None else "signatures not checked"
         out.write(
             f"{verdict}: {report.location}: {report.segments} segments, {report.flows} flows, "
-            f"{sum(p.kind != 'pending' for p in report.problems)} problems\n"
+            f"{progress.count} objects read ({_size(progress.bytes)}), {signed}, "
+            f"{sum(counts.values())} problems{by_kind}\n"
         )
     if not report.ok:
         return EXIT_PROBLEMS
@@ -259,9 +291,14 @@ class ReplayResult:
 
 
 def collect(
-    backend: Backend, query: ReplayQuery, progress_stream: TextIO | None = None
+    backend: Backend,
+    query: ReplayQuery,
+    progress_stream: TextIO | None = None,
+    public: Ed25519PublicKey | None = None,
+    quiet: bool = False,
 ) -> ReplayResult:
-    """The exact archived bytes of every selected flow, each object's hash verified."""
+    """The exact archived bytes of every selected flow, each object's hash verified, and each
+    manifest's signature with `public` (a segment that fails is left out)."""
     catalog = scan(backend)
     sealed = sorted(
         (s for s in catalog.segments.values() if Kind.MANIFEST in s.objects),
@@ -269,17 +306,21 @@ def collect(
     )
     problems: list[str] = []
     manifests = []
-    bar = ProgressBar("manifests", len(sealed), progress_stream)
+    bar = ProgressBar("manifests", len(sealed), progress_stream, quiet)
     for segment in sealed:
         try:
-            manifest, _data = read_manifest(backend, segment, bar)
+            manifest, data = read_manifest(backend, segment, bar)
+            why = signature_problem(backend, segment, data, public) if public else ""
         except (ValueError, BackendError) as e:
             problems.append(f"{segment.gateway}-{segment.seq}: unreadable manifest: {e}")
+            continue
+        if why:
+            problems.append(f"{segment.gateway}-{segment.seq}: {why}")
             continue
         if query.may_overlap(manifest):
             manifests.append(manifest)
     selected: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
-    bar = ProgressBar("indexes", len(manifests), progress_stream)
+    bar = ProgressBar("indexes", len(manifests), progress_stream, quiet)
     for manifest in manifests:
         index = manifest["objects"]["index"]
         try:
@@ -292,7 +333,7 @@ def collect(
         if matched:
             selected.append((manifest, matched))
     found: list[tuple[float, bytes]] = []
-    bar = ProgressBar("flows", len(selected), progress_stream)
+    bar = ProgressBar("flows", len(selected), progress_stream, quiet)
     for manifest, matched in selected:
         flows = manifest["objects"]["flows"]
         try:
@@ -316,19 +357,22 @@ def replay(
     web: bool = True,
     web_port: int | None = None,
     web_password: str | None = None,
+    public: Ed25519PublicKey | None = None,
+    quiet: bool = False,
 ) -> int:
     """Merge the selected flows into `out` and/or open them in a read-only mitmweb."""
     backend = make_backend(settings)
     try:
-        result = collect(backend, query)
+        result = collect(backend, query, public=public, quiet=quiet)
     except BackendError as e:
         print(f"holdgate replay: {backend.describe()}: {e}", file=sys.stderr)
         return EXIT_INVALID
     for problem in result.problems:
         print(f"holdgate replay: NOT VERIFIED, left out: {problem}", file=sys.stderr)
+    checked = "hashes and signatures verified" if public else "hashes verified; no signing key"
     summary = (
         f"{len(result.records)} flows from {result.segments} segments of {backend.describe()} "
-        "(hashes verified)"
+        f"({checked}{f', {len(result.problems)} segments or objects left out' if result.problems else ''})"
     )
     code = EXIT_PROBLEMS if result.problems else 0
     if out is not None:
@@ -409,21 +453,61 @@ def open_viewer(
 # --- commands ----------------------------------------------------------------------------------
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    """`holdgate archive verify`."""
+def _load_with_key(
+    args: argparse.Namespace, command: str
+) -> tuple[ArchiveSettings, Ed25519PublicKey | None] | int:
+    """The archive settings and the key that checks signatures (see verification_key)."""
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
     settings, _gateway = loaded
-    return verify_archive(settings, as_json=args.json, max_backlog_age=args.max_backlog_age)
+    try:
+        return settings, verification_key(settings, args.public_key)
+    except (OSError, signing.SigningKeyError) as e:
+        print(f"holdgate {command}: --public-key: {e}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """`holdgate archive verify`."""
+    loaded = _load_with_key(args, "archive verify")
+    if isinstance(loaded, int):
+        return loaded
+    settings, public = loaded
+    return verify_archive(
+        settings,
+        as_json=args.json,
+        max_backlog_age=args.max_backlog_age,
+        public=public,
+        quiet=args.quiet,
+    )
+
+
+def cmd_public_key(args: argparse.Namespace) -> int:
+    """`holdgate archive public-key`: the signing key's public half, for auditors."""
+    loaded = _load(args)
+    if isinstance(loaded, int):
+        return loaded
+    settings, _gateway = loaded
+    if settings.signing_key is None:
+        print("holdgate archive public-key: no signing key configured", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        key = signing.load_or_create(settings.signing_key)
+    except signing.SigningKeyError as e:
+        print(f"holdgate archive public-key: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    sys.stdout.write(signing.public_pem(key).decode())
+    print(f"# key {signing.key_id(key.public_key())} ({settings.signing_key})", file=sys.stderr)
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """`holdgate replay`."""
-    loaded = _load(args)
+    loaded = _load_with_key(args, "replay")
     if isinstance(loaded, int):
         return loaded
-    settings, _gateway = loaded
+    settings, public = loaded
     try:
         query = ReplayQuery(
             since=parse_when(args.since) if args.since else None,
@@ -445,18 +529,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
         out=Path(args.out) if args.out else None,
         web=not args.no_web,
         web_port=args.web_port,
+        public=public,
+        quiet=args.quiet,
     )
 
 
 def add_commands(subparsers: Any) -> None:
     """Add `archive verify` and `replay` to the holdgate command line."""
     config_help = "gateway configuration (default: the embedded default)"
+    key_help = (
+        "PEM public key that checks the segments' signatures (default: the gateway's own "
+        "archive.signing_key, where it is on this host)"
+    )
     archive = subparsers.add_parser("archive", help="the audit archive")
     sub = archive.add_subparsers(dest="archive_command", required=True)
     p = sub.add_parser(
         "verify",
         help="check every archived object against its manifest and the hash chain",
-        description="Reports MISSING, EXTRA and ALTERED objects and broken CHAIN links; "
+        description="Reports MISSING, EXTRA and ALTERED objects (rewritten, more than one "
+        "version, deleted), UNSIGNED segments and broken CHAIN links; "
         "exit 0 when the archive is intact, 1 when not, 3 when it is intact but sealed segments "
         "have waited in the spool longer than --max-backlog-age (uploads are failing).",
     )
@@ -469,7 +560,18 @@ def add_commands(subparsers: Any) -> None:
         metavar="SECONDS",
         help="sealed segments older than this in the local spool fail the check (default 3600)",
     )
+    p.add_argument("--public-key", metavar="FILE", help=key_help)
+    p.add_argument("--quiet", action="store_true", help="no line per object; problems and summary")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser(
+        "public-key",
+        help="print the public key that verifies the archive's signatures (PEM)",
+        description="The gateway signs each segment's manifest with its archive key "
+        "(archive.signing_key, created at first start); give this public half to auditors "
+        "for `holdgate archive verify --public-key`.",
+    )
+    p.add_argument("--config", help=config_help)
+    p.set_defaults(func=cmd_public_key)
 
     p = subparsers.add_parser(
         "replay",
@@ -492,6 +594,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--out", help="write the merged flows to this file (mitmproxy format)")
     p.add_argument("--no-web", action="store_true", help="do not open mitmweb (needs --out)")
     p.add_argument("--web-port", type=int, help="mitmweb port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--public-key", metavar="FILE", help=key_help)
+    p.add_argument("--quiet", action="store_true", help="no line per object downloaded")
     p.set_defaults(func=cmd_replay)
 
 

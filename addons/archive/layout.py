@@ -1,8 +1,9 @@
 """What the archive holds and under which keys: object kinds, keys, manifest hashing.
 
 Each sealed segment is stored under idempotent keys
-`PREFIX/YYYY/MM/DD/HH/GATEWAY-SEQ.{mitm,jsonl,audit.jsonl,manifest.json}`; its manifest holds
-the SHA-256 of its objects and of the previous segment's manifest (a hash chain).
+`PREFIX/YYYY/MM/DD/HH/GATEWAY-SEQ.{mitm,jsonl,audit.jsonl,manifest.json,sig}`; its manifest
+holds the SHA-256 of its objects and of the previous segment's manifest (a hash chain), and the
+`.sig` object the gateway's signature of the manifest.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Kind(StrEnum):
     INDEX = "jsonl"
     AUDIT = "audit.jsonl"
     MANIFEST = "manifest.json"
+    SIGNATURE = "sig"  # the gateway's signature of the manifest (archive/signing.py)
 
 
 DATA_KINDS = (Kind.FLOWS, Kind.INDEX, Kind.AUDIT)
@@ -34,10 +36,11 @@ CONTENT_TYPES = {
     Kind.INDEX: "application/x-ndjson",
     Kind.AUDIT: "application/x-ndjson",
     Kind.MANIFEST: "application/json",
+    Kind.SIGNATURE: "application/json",
 }
 _KEY = re.compile(
     r"(?P<hour>\d{4}/\d{2}/\d{2}/\d{2})/(?P<gateway>[A-Za-z0-9][A-Za-z0-9_.-]*)"
-    rf"-(?P<seq>\d{{{SEQ_DIGITS}}})\.(?P<kind>mitm|jsonl|audit\.jsonl|manifest\.json)"
+    rf"-(?P<seq>\d{{{SEQ_DIGITS}}})\.(?P<kind>mitm|jsonl|audit\.jsonl|manifest\.json|sig)"
 )
 
 
@@ -56,6 +59,11 @@ def object_key(prefix: str, gateway: str, seq: int, opened: float, kind: Kind) -
     hour = datetime.fromtimestamp(opened, UTC).strftime("%Y/%m/%d/%H")
     key = f"{hour}/{gateway}-{seq:0{SEQ_DIGITS}d}.{kind}"
     return f"{prefix}/{key}" if prefix else key
+
+
+def signature_key(manifest_key: str) -> str:
+    """The key of a segment's signature object, beside its manifest."""
+    return manifest_key.removesuffix(f".{Kind.MANIFEST}") + f".{Kind.SIGNATURE}"
 
 
 def parse_key(prefix: str, key: str) -> KeyInfo | None:

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from holdgate.archive import signing
 from holdgate.archive.backends import Backend, BackendError, StoredObject
 from holdgate.archive.layout import (
     DATA_KINDS,
@@ -20,6 +23,7 @@ from holdgate.archive.layout import (
     Kind,
     parse_key,
     sha256_hex,
+    signature_key,
 )
 from holdgate.archive.spool import Spool
 
@@ -70,7 +74,7 @@ class Altered(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One finding of `verify`: missing, extra, altered, chain or pending."""
+    """One finding of `verify`: missing, extra, altered, unsigned, chain or pending."""
 
     kind: str
     where: str
@@ -128,18 +132,67 @@ def read_manifest(
     return manifest, data
 
 
+def signature_problem(
+    backend: Backend,
+    segment: Segment,
+    manifest: bytes,
+    public: Ed25519PublicKey,
+    progress: Progress | None = None,
+) -> str:
+    """Why the segment's signature does not vouch for its manifest ("" when it does)."""
+    stored = segment.objects.get(Kind.SIGNATURE)
+    if stored is None:
+        return "no signature: the manifest cannot be told from a rewrite"
+    data = backend.get(stored.key)
+    if progress is not None:
+        progress(stored.key, len(data))
+    return signing.check(public, data, segment.gateway, segment.seq, manifest)
+
+
+def versioned_problems(backend: Backend, report: VerifyReport) -> list[Problem]:
+    """Archived keys with more than one version or a delete marker (a versioned bucket keeps
+    what was overwritten or deleted: holdgate writes each key once)."""
+    versions = getattr(backend, "versions", None)
+    if versions is None:
+        return []
+    try:
+        found = versions()
+    except BackendError as e:
+        report.notes.append(f"object versions not checked: {e}")
+        return []
+    problems = []
+    for key, (count, deleted) in sorted(found.items()):
+        if deleted:
+            problems.append(Problem("altered", key, "deleted: a delete marker hides it"))
+        if count > 1:
+            problems.append(
+                Problem("altered", key, f"{count} versions: overwritten after it was archived")
+            )
+    return problems
+
+
 def verify(
-    backend: Backend, spool: Path | None = None, progress: Progress | None = None
+    backend: Backend,
+    spool: Path | None = None,
+    progress: Progress | None = None,
+    public: Ed25519PublicKey | None = None,
 ) -> VerifyReport:
-    """Check every object against its manifest and every manifest against the chain."""
+    """Check every object against its manifest, every manifest against the chain, its
+    signature (with `public`) and the gateway's own head (with its `spool`), and every
+    object's versions where the bucket keeps them."""
     report = VerifyReport(location=backend.describe())
     catalog = scan(backend)
     for obj in catalog.unknown:
         report.problems.append(Problem("extra", obj.key, "not an object holdgate wrote"))
+    report.problems.extend(versioned_problems(backend, report))
     local = _local_state(spool)
     for gateway in catalog.gateways():
-        _verify_gateway(backend, catalog, gateway, local.get(gateway), report, progress)
-    for gateway, (head, pending) in local.items():
+        _verify_gateway(backend, catalog, gateway, local.get(gateway), report, progress, public)
+    if public is None and any(Kind.SIGNATURE in s.objects for s in catalog.segments.values()):
+        report.notes.append(
+            "signatures not checked: give --public-key (holdgate archive public-key prints it)"
+        )
+    for gateway, (head, pending, _sha) in local.items():
         if gateway not in catalog.gateways() and head:
             seqs = sorted(pending)
             for seq in range(1, head + 1):
@@ -151,8 +204,9 @@ def verify(
     return report
 
 
-def _local_state(spool: Path | None) -> dict[str, tuple[int, set[int]]]:
-    """From a gateway's spool: the chain head it sealed and the seqs still waiting there."""
+def _local_state(spool: Path | None) -> dict[str, tuple[int, set[int], str]]:
+    """From a gateway's spool: the chain head it sealed (seq), the seqs still waiting there,
+    and the head manifest's SHA-256."""
     if spool is None or not spool.is_dir():
         return {}
     local = Spool(spool)
@@ -166,19 +220,20 @@ def _local_state(spool: Path | None) -> dict[str, tuple[int, set[int]]]:
                 pending.add(
                     int(json.loads(local.path(segment, "manifest.json").read_bytes())["seq"])
                 )
-    return {str(chain["gateway"]): (int(chain["seq"]), pending)}
+    return {str(chain["gateway"]): (int(chain["seq"]), pending, str(chain.get("sha256", "")))}
 
 
 def _verify_gateway(
     backend: Backend,
     catalog: Catalog,
     gateway: str,
-    local: tuple[int, set[int]] | None,
+    local: tuple[int, set[int], str] | None,
     report: VerifyReport,
     progress: Progress | None,
+    public: Ed25519PublicKey | None,
 ) -> None:
     segments = {seq: seg for (g, seq), seg in catalog.segments.items() if g == gateway}
-    head, pending = local if local else (0, set())
+    head, pending, head_sha = local if local else (0, set(), "")
     last = max([*segments, head])
     manifests: dict[int, tuple[dict[str, Any], bytes]] = {}
     for seq in range(1, last + 1):
@@ -213,7 +268,15 @@ def _verify_gateway(
         manifests[seq] = (manifest, data)
         report.segments += 1
         report.flows += int(manifest.get("flows") or 0)
+        if seq == head and head_sha and sha256_hex(data) != head_sha:
+            report.problems.append(
+                Problem("altered", name, "the manifest is not the one the gateway sealed as head")
+            )
+        if public is not None and (why := signature_problem(backend, segment, data, public)):
+            kind = "unsigned" if Kind.SIGNATURE not in segment.objects else "altered"
+            report.problems.append(Problem(kind, name, why))
         listed = {obj["key"] for obj in manifest["objects"].values()} | {manifest.get("key")}
+        listed.add(signature_key(str(manifest.get("key"))))
         for obj in segment.objects.values():
             if obj.key not in listed:
                 report.problems.append(Problem("extra", obj.key, f"not listed by manifest {seq}"))

@@ -17,7 +17,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from holdgate.archive import audit_events
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from holdgate.archive import audit_events, signing
 from holdgate.archive.backends import Backend, BackendError, ObjectConflict, StoredObject
 from holdgate.archive.durable_files import atomic_write
 from holdgate.archive.layout import (
@@ -29,6 +31,7 @@ from holdgate.archive.layout import (
     object_key,
     parse_key,
     sha256_hex,
+    signature_key,
 )
 from holdgate.archive.records import iso_time
 from holdgate.archive.spool import Spool
@@ -112,6 +115,13 @@ class Uploader(threading.Thread):
         # For health: failed attempts by error kind (S3's code), and the last success (epoch).
         self.errors_by_kind: dict[str, int] = {}
         self.last_success = 0.0
+        self.signer: Ed25519PrivateKey | None = None
+        if settings.signing_key is not None:
+            try:
+                self.signer = signing.load_or_create(settings.signing_key)
+            except signing.SigningKeyError as e:
+                # Archive anyway (no audit is worse than an unsigned one); verify will say so.
+                log.error("archive: segments will not be signed: %s", e)
 
     def run(self) -> None:
         """Upload until stopped; one last pass on the way out."""
@@ -247,12 +257,22 @@ class Uploader(threading.Thread):
                 # killed) after the whole segment was stored, the manifest last.
                 self.handover.check()
                 if self.backend.stored_sha256(manifest["key"]) == sha256_hex(data):
+                    self._put_signature(manifest, data)
                     return
                 raise BackendError(f"spool segment {segment} lost its {kind} file") from None
             if sha256_hex(blob) != obj["sha256"]:
                 raise BackendError(f"spool segment {segment} changed after sealing ({kind})")
             self._put_once(obj["key"], blob, obj["sha256"], CONTENT_TYPES[kind])
         self._put_once(manifest["key"], data, sha256_hex(data), CONTENT_TYPES[Kind.MANIFEST])
+        self._put_signature(manifest, data)
+
+    def _put_signature(self, manifest: Mapping[str, Any], data: bytes) -> None:
+        """The gateway's signature of the manifest, beside it (the same bytes on every retry)."""
+        if self.signer is None:
+            return
+        signed = signing.sign(self.signer, self.gateway, int(manifest["seq"]), data)
+        key = signature_key(str(manifest["key"]))
+        self._put_once(key, signed, sha256_hex(signed), CONTENT_TYPES[Kind.SIGNATURE])
 
     def _put_once(self, key: str, data: bytes, sha256: str, content_type: str) -> None:
         self.handover.check()

@@ -87,6 +87,9 @@ class ArchiveSettings:
     rotate_seconds: float = 30.0
     require_for: RequireFor = RequireFor.PRIVILEGED
     audit_webhook: WebhookSettings | None = None
+    # The Ed25519 key that signs each segment's manifest (archive/signing.py); None: unsigned
+    # (only where settings are built by hand, e.g. in tests; from_dict always sets it).
+    signing_key: Path | None = None
     capture_bytes: int = 1 * MIB
     fsync_before_response: Durability = Durability.PRIVILEGED
     mask_headers: tuple[str, ...] = ()
@@ -125,6 +128,7 @@ class ArchiveSettings:
             )
         return cls(
             directory=directory,
+            signing_key=_path(data, "signing_key", base_dir, state_dir / "archive-signing-key.pem"),
             spool=spool,
             s3=s3,
             rotate_bytes=_number(data, "rotate_bytes", 4 * MIB, integer=True, minimum=1),
@@ -212,6 +216,7 @@ ARCHIVE_SCHEMA: dict[str, Any] = {
             "description": "POST Kubernetes audit events (EventList) here, e.g. Falco's k8saudit.",
         },
         "capture_bytes": {"type": "integer", "minimum": 0},
+        "signing_key": _PATH_TEXT,
         "fsync_before_response": {"oneOf": [{"type": "boolean"}, {"const": "privileged"}]},
         "mask_headers": {"type": "array", "items": {"type": "string"}},
         "upload_retry": {

@@ -165,7 +165,11 @@ def test_verify_command(
     config, _flows = archive_home
     assert main(["archive", "verify", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("ok: ") and "3 segments, 5 flows, 0 problems" in out
+    assert (
+        out.startswith("ok: ")
+        and "3 segments, 5 flows" in out
+        and out.endswith("signatures checked, 0 problems\n")
+    )
     archive = config.parent / "state" / "archive"
     make_writable(archive)
     sorted(archive.rglob("*.jsonl"))[0].write_text("{}\n")
@@ -357,3 +361,27 @@ def test_mitmdump_reads_archived_segments(
     assert result.returncode == 0, result.stderr
     assert "Authorization: Bearer <masked>" in result.stdout
     assert result.stdout.count("/api/v1/namespaces/sandbox/pods/web-") == 2
+
+
+def test_public_key_and_quiet_verify(
+    archive_home: tuple[Path, list[http.HTTPFlow]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config, _flows = archive_home
+    assert main(["archive", "public-key", "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("-----BEGIN PUBLIC KEY-----") and "PRIVATE" not in captured.out
+    key_file = tmp_path / "archive.pub"
+    key_file.write_text(captured.out)
+    # An auditor elsewhere: no local key to fall back on, the public key given.
+    (config.parent / "state" / "archive-signing-key.pem").rename(tmp_path / "moved.pem")
+    args = ["archive", "verify", "--config", str(config), "--quiet"]
+    assert main([*args, "--public-key", str(key_file)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # no line per object
+    assert captured.out.startswith("ok: ") and "signatures checked, 0 problems" in captured.out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "signatures not checked" in out and "note: signatures not checked" in out
+    assert main([*args, "--public-key", str(tmp_path / "nope.pem")]) == 2

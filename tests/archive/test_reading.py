@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from holdgate.archive import signing
 from holdgate.archive.backends import DirectoryBackend
+from holdgate.archive.layout import canonical_json, sha256_hex
 from holdgate.archive.reading import verify
 from holdgate.archive.records import Submission
 from holdgate.archive.store import ArchiveStore
@@ -89,3 +93,47 @@ def test_verify_without_the_spool_notes_what_it_cannot_see(
     report = verify(DirectoryBackend(settings.directory), None)
     assert report.ok and report.segments == 3 and report.flows == 12
     assert "cannot be detected" in report.notes[0]
+
+
+def _rewrite_newest_segment(root: Path) -> None:
+    """What a bucket writer can do: change the newest segment's flows and re-hash its manifest,
+    chain link intact (nothing after it names its hash)."""
+    manifest_path = archived_paths(root, ".manifest.json")[-1]
+    manifest = json.loads(manifest_path.read_bytes())
+    flows_entry = manifest["objects"]["flows"]
+    flows_path = root / flows_entry["key"]
+    forged = flows_path.read_bytes().replace(b"web-21", b"web-66")
+    flows_path.write_bytes(forged)
+    flows_entry["sha256"], flows_entry["bytes"] = sha256_hex(forged), len(forged)
+    manifest_path.write_bytes(canonical_json(manifest))
+
+
+def test_a_rewrite_of_the_newest_segment_is_caught(
+    tmp_path: Path, store_factory: Callable[..., ArchiveStore]
+) -> None:
+    settings = _three_segments(tmp_path, store_factory)
+    assert settings.signing_key is not None
+    assert oct(settings.signing_key.stat().st_mode & 0o777) == "0o600"
+    assert not list(settings.directory.rglob("*.pem"))  # the key never leaves the state dir
+    public = signing.load_public(settings.signing_key.read_bytes())
+    backend = DirectoryBackend(settings.directory)
+    assert verify(backend, settings.spool, public=public).ok
+    make_writable(settings.directory)
+    _rewrite_newest_segment(settings.directory)
+    newest = "gw-test-0000000003"
+    # The gateway's own head (its spool) and the segment's signature each catch it.
+    by_head = verify(backend, settings.spool)
+    assert [(p.kind, p.where) for p in by_head.problems] == [("altered", newest)]
+    by_signature = verify(backend, None, public=public)
+    assert [(p.kind, p.where) for p in by_signature.problems] == [("altered", newest)]
+    assert "does not match the manifest" in by_signature.problems[0].detail
+    # Without either, nothing can tell; verify says what it did not check.
+    blind = verify(backend, None)
+    assert blind.ok and any("signatures not checked" in n for n in blind.notes)
+    # Another key, or a removed signature, is no better for the forger.
+    other = signing.load_public(signing.public_pem(Ed25519PrivateKey.generate()))
+    assert "signed by key" in verify(backend, None, public=other).problems[0].detail
+    for signature in settings.directory.rglob(f"{newest}.sig"):
+        signature.unlink()
+    [unsigned] = verify(backend, None, public=public).problems
+    assert (unsigned.kind, unsigned.where) == ("unsigned", newest)

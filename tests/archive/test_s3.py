@@ -26,9 +26,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from holdgate.archive import signing
 from holdgate.archive.backends import S3Backend
-from holdgate.archive.cli import free_port
-from holdgate.archive.layout import DATA_KINDS, Kind
+from holdgate.archive.cli import ReplayQuery, collect, free_port
+from holdgate.archive.layout import DATA_KINDS, Kind, canonical_json, sha256_hex
 from holdgate.archive.reading import verify
 from holdgate.archive.records import Submission
 from holdgate.archive.store import ArchiveStore
@@ -251,7 +252,7 @@ def test_reupload_after_a_crash_mid_upload_does_not_duplicate(
     resumed = start(stores, settings)
     assert resumed.drain(timeout=20)
     counts = versions_per_key(moto.endpoint, bucket)
-    assert len(counts) == 4 and set(counts.values()) == {1}, counts
+    assert len(counts) == 5 and set(counts.values()) == {1}, counts
     assert len(archived_flow_ids(moto.endpoint, bucket)) == 3
 
 
@@ -265,7 +266,7 @@ def test_no_canary_in_any_archived_byte(
     assert store.drain(timeout=20)
     client = s3_client(moto.endpoint)
     objects = client.list_objects_v2(Bucket=bucket)["Contents"]
-    assert {o["Key"].rsplit(".", 1)[-1] for o in objects} == {"mitm", "jsonl", "json"}
+    assert {o["Key"].rsplit(".", 1)[-1] for o in objects} == {"mitm", "jsonl", "json", "sig"}
     for obj in objects:
         raw = client.get_object(Bucket=bucket, Key=obj["Key"])
         assert raw["ServerSideEncryption"] == "AES256"
@@ -553,7 +554,7 @@ def object_lock_scenario(
     assert store.drain(timeout=20)
     assert verify(S3Backend(settings.s3), settings.spool).ok  # type: ignore[arg-type]
     objects = client.list_objects_v2(Bucket=bucket)["Contents"]
-    assert len(objects) == 1 + len(DATA_KINDS)
+    assert len(objects) == 2 + len(DATA_KINDS)  # and the manifest and its signature
     for obj in objects:
         head = client.head_object(Bucket=bucket, Key=obj["Key"])
         assert head["ObjectLockMode"] == mode
@@ -567,7 +568,11 @@ def object_lock_scenario(
     flows_key = next(o["Key"] for o in objects if o["Key"].endswith("." + Kind.FLOWS))
     client.delete_object(Bucket=bucket, Key=flows_key)
     report = verify(S3Backend(settings.s3), settings.spool)  # type: ignore[arg-type]
-    assert [(p.kind, p.where) for p in report.problems] == [("missing", flows_key)]
+    assert [(p.kind, p.where) for p in report.problems] == [
+        ("altered", flows_key),  # the delete marker, from the bucket's versions
+        ("missing", flows_key),
+    ]
+    assert "delete marker" in report.problems[0].detail
     versions = client.list_object_versions(Bucket=bucket, Prefix=flows_key)["Versions"]
     assert len(versions) == 1
 
@@ -656,3 +661,49 @@ def test_kill_9_the_real_gateway_under_load_and_restart(
     assert all(counts[path] == 1 for path in received), "an answered flow is missing or doubled"
     assert max(counts.values()) == 1, "a flow was archived twice"
     assert set(versions_per_key(moto.endpoint, bucket).values()) == {1}
+
+
+def test_a_rewrite_of_the_newest_segment_as_new_versions_is_caught(
+    tmp_path: Path, moto: Moto, bucket: str, stores: list[ArchiveStore]
+) -> None:
+    """Overwriting the newest segment's objects and manifest, hashes made to agree: the
+    bucket's versions, the signatures and the gateway's own head each tell."""
+    settings = s3_settings(tmp_path, moto.endpoint, bucket)
+    store = start(stores, settings)
+    for i in range(3):
+        store.submit(Submission(canary_flow(i).get_state()))
+        assert store.rotate()
+    assert store.drain(timeout=20)
+    backend = S3Backend(settings.s3)  # type: ignore[arg-type]
+    assert settings.signing_key is not None
+    public = signing.load_public(settings.signing_key.read_bytes())
+    assert verify(backend, settings.spool, public=public).ok
+    client = s3_client(moto.endpoint)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    manifest_key = max(k for k in keys if k.endswith(".manifest.json"))
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    flows = manifest["objects"]["flows"]
+    forged = client.get_object(Bucket=bucket, Key=flows["key"])["Body"].read()
+    forged = forged.replace(b"web-2", b"web-7")
+    flows["sha256"], flows["bytes"] = sha256_hex(forged), len(forged)
+    client.put_object(
+        Bucket=bucket, Key=flows["key"], Body=forged, Metadata={"sha256": flows["sha256"]}
+    )
+    client.put_object(Bucket=bucket, Key=manifest_key, Body=canonical_json(manifest))
+    newest = manifest_key.rsplit("/", 1)[1].removesuffix(".manifest.json")
+    # Without the spool or the key, the bucket's versions alone tell.
+    blind = verify(backend, None)
+    assert {(p.kind, p.where) for p in blind.problems} == {
+        ("altered", flows["key"]),
+        ("altered", manifest_key),
+    }
+    assert all("2 versions" in p.detail for p in blind.problems)
+    full = verify(backend, settings.spool, public=public)
+    assert {(p.kind, p.where) for p in full.problems} == {
+        ("altered", flows["key"]),
+        ("altered", manifest_key),
+        ("altered", newest),  # not the head the gateway sealed, nor what it signed
+    }
+    # Replay leaves the segment out instead of calling it verified.
+    result = collect(backend, ReplayQuery(), public=public, quiet=True)
+    assert len(result.records) == 2 and "does not match the manifest" in result.problems[0]
