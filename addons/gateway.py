@@ -87,6 +87,7 @@ class Gateway:
         self.ownership = Ownership()
         self.masking = ResponseMasking()
         self.archive = Archive()
+        self.ownership.on_followup = self.archive.record_extra
         self.metrics.watch_archive(
             lambda: self.archive.writer.health if self.archive.writer is not None else {}
         )
@@ -421,7 +422,7 @@ class Gateway:
             log.info(
                 "allow %s: covered by the approval window of hold %s", _describe(facts), covering
             )
-            self._route(flow, facts, decision.rule)
+            self._route(flow, facts, decision.rule, exact=True)
             return
         if too_many := self.approvals.over_limit(facts.identity.agent if facts.identity else ""):
             # Every hold notifies reviewers: an agent cannot flood them. 429 says "later".
@@ -431,14 +432,17 @@ class Gateway:
             if flow.response is not None:
                 flow.response.headers["Retry-After"] = str(HOLD_RETRY_AFTER)
             return
-        hold = await self.approvals.hold(flow, facts, decision, self._shown_masks(facts))
+        followup = self.ownership.followup_for(facts, flow.request, decision.rule)
+        hold = await self.approvals.hold(
+            flow, facts, decision, self._shown_masks(facts), followup=followup
+        )
         meta["hold"] = hold_record(hold)
         flow.comment = f"{hold.state}: {_describe(facts)} (rule {rule}; {hold.reason})"
         log.info(
             "hold %s %s: %s: %s", hold.id, hold.state, _describe(facts), printable(hold.reason)
         )
         if hold.state is HoldState.APPROVED:
-            self._route(flow, facts, decision.rule)
+            self._route(flow, facts, decision.rule, exact=True)
             return
         message = f"{hold.reason} (rule {rule}, hold {hold.id})"
         self._refuse(flow, facts, message, decision)
@@ -507,13 +511,20 @@ class Gateway:
         )
         return facts
 
-    def _route(self, flow: http.HTTPFlow, facts: RequestFacts, rule: Rule | None = None) -> None:
-        """Send an allowed request to its target's upstream, with the target's credential."""
+    def _route(
+        self,
+        flow: http.HTTPFlow,
+        facts: RequestFacts,
+        rule: Rule | None = None,
+        exact: bool = False,
+    ) -> None:
+        """Send an allowed request to its target's upstream, with the target's credential;
+        `exact`: an approved request, whose body goes exactly as the reviewers saw it."""
         target = facts.target
         if target is None:
             return
         if target.kind is TargetKind.KUBERNETES:
-            self.ownership.before_upstream(flow, facts, rule)
+            self.ownership.before_upstream(flow, facts, rule, exact=exact)
         if self.loaded is not None:
             self.masking.prepare(flow, facts, self.loaded.masking.for_request(facts))
         if target.credential is not None:

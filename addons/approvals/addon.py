@@ -181,9 +181,15 @@ class Approvals:
         return ""
 
     async def hold(
-        self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision, masks: MaskSet
+        self,
+        flow: http.HTTPFlow,
+        facts: RequestFacts,
+        decision: Decision,
+        masks: MaskSet,
+        followup: str = "",
     ) -> Hold:
-        """Hold the flow until its request is decided; returns the final hold."""
+        """Hold the flow until its request is decided; returns the final hold. `followup`:
+        what the gateway does after the request, if approved (shown to reviewers)."""
         assert self.desk is not None and decision.rule is not None
         rule = decision.rule
         request = flow.request
@@ -209,6 +215,7 @@ class Approvals:
             "identity": identity.as_dict() if identity else None,
             "reason": request.headers.get(REASON_HEADER, "")[:MAX_REASON],
             "body_excerpt": body_excerpt(facts, request, masks),
+            "followup": followup,
         }
         spec = HoldSpec(
             rule_id=rule.id,

@@ -91,6 +91,12 @@ class Archive:
         if len(self._request_bodies) > _NOTED:
             self._request_bodies.popitem(last=False)
 
+    def record_extra(self, flow: http.HTTPFlow) -> None:
+        """A flow the gateway made itself (the follow-up PATCH of a create): archived as is."""
+        content_type = flow.request.headers.get("content-type", "")
+        self.note_request_body(flow, flow.request.raw_content or b"", content_type)
+        self._record(flow)
+
     def can_record(self) -> bool:
         """Whether flows can be written to the spool now."""
         return self.writer is not None and self.writer.can_record()

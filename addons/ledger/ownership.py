@@ -12,10 +12,12 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from mitmproxy import http
+from mitmproxy.flow import Error as FlowError
 
 from holdgate.config.gateway_config import Config
 from holdgate.identity.upstream_credentials import CredentialUnavailable
@@ -46,6 +48,15 @@ RETRY_AFTER_INTERVALS = 60
 
 
 _WRITE_VERBS = frozenset({"create", "update", "patch"})
+
+
+def _patch_of(request: dict[str, Any], entry: Created) -> dict[str, Any]:
+    """The classification of the follow-up PATCH of a created object."""
+    kube = dict(request.get("kubernetes") or {})
+    kube.update(verb="patch", name=entry.name, path=entry.path)
+    if entry.namespace:
+        kube["namespace"] = entry.namespace
+    return kube
 
 
 def _is_create(facts: RequestFacts) -> bool:
@@ -89,6 +100,8 @@ class Ownership:
         self.reaper_token = ""
         self._task: asyncio.Task[None] | None = None
         self._retry_at: dict[str, float] = {}  # uid -> when the loop may try again
+        # Receives the follow-up PATCH of a create as a flow of its own (the archive).
+        self.on_followup: Callable[[http.HTTPFlow], None] | None = None
 
     def configure_from(self, config: Config, reaper_token: str) -> None:
         """Open the ledger of a loaded configuration."""
@@ -131,27 +144,60 @@ class Ownership:
             )
         return ""
 
-    def before_upstream(self, flow: http.HTTPFlow, facts: RequestFacts, rule: Rule | None) -> None:
-        """Put the agent, run and expiry on what a create makes (in the body when possible)."""
-        request = flow.request
+    @staticmethod
+    def labels_create(facts: RequestFacts, request: http.Request) -> bool:
+        """Whether the gateway labels what this request creates (a create or an apply)."""
         if facts.target is None or not (_is_create(facts) or _is_apply(facts, request)):
-            return
-        if _is_dry_run(request):  # parses the query: only for creates
+            return False
+        return not _is_dry_run(request)  # parses the query: only for creates
+
+    def followup_for(self, facts: RequestFacts, request: http.Request, rule: Rule | None) -> str:
+        """What a held create is followed by once approved, for reviewers ("" when nothing)."""
+        if not self.labels_create(facts, request):
+            return ""
+        metadata = self._metadata(facts, rule)
+        pairs = [f"{k}={v}" for part in metadata.values() for k, v in sorted(part.items())]
+        return (
+            "if approved and created, the gateway then labels the new object with a merge "
+            f"PATCH of its metadata ({', '.join(pairs)}); the request itself goes unchanged"
+        )
+
+    @staticmethod
+    def _metadata(facts: RequestFacts, rule: Rule | None) -> dict[str, dict[str, str]]:
+        identity = facts.identity
+        ttl = rule.ttl if rule is not None else None
+        return ownership_metadata(
+            identity.agent if identity else "",
+            identity.run_id if identity else "",
+            time.time() + ttl if ttl else None,
+        )
+
+    def before_upstream(
+        self, flow: http.HTTPFlow, facts: RequestFacts, rule: Rule | None, exact: bool = False
+    ) -> None:
+        """Put the agent, run and expiry on what a create makes: in the body when possible,
+        else (and always when `exact`: an approved request goes as the reviewers saw it) by a
+        follow-up PATCH once it exists."""
+        request = flow.request
+        if not self.labels_create(facts, request):
             return
         identity = facts.identity
-        agent = identity.agent if identity else ""
-        run_id = identity.run_id if identity else ""
         ttl = rule.ttl if rule is not None else None
-        metadata = ownership_metadata(agent, run_id, time.time() + ttl if ttl else None)
-        record: dict[str, Any] = {"agent": agent, "run_id": run_id, "ttl": ttl, "labelled": False}
+        metadata = self._metadata(facts, rule)
+        record: dict[str, Any] = {
+            "agent": identity.agent if identity else "",
+            "run_id": identity.run_id if identity else "",
+            "ttl": ttl,
+            "labelled": False,
+        }
         flow.metadata.setdefault("holdgate", {})[KEY] = record
         # An apply's body is the agent's declared intent: labelled after it creates, never edited.
         labelled = None
         plain = request.headers.get("content-encoding", "identity") in ("", "identity")
-        if _is_create(facts) and _is_json(request) and plain:
+        if _is_create(facts) and _is_json(request) and plain and not exact:
             labelled = label_body(request.raw_content or b"", metadata)
         if labelled is None:
-            # Protobuf (kubectl's create), YAML, compressed: sent as is, labelled right after.
+            # Approved, protobuf (kubectl's create), YAML, compressed: sent as is, labelled after.
             record["patch"] = metadata
             return
         request.content = labelled
@@ -241,19 +287,57 @@ class Ownership:
             return
         # After routing, the flow's request points at the upstream.
         url = f"{flow.request.scheme}://{flow.request.host}:{flow.request.port}{entry.path}"
-        body = json.dumps({"metadata": record["patch"]})
+        body = json.dumps({"metadata": record["patch"]}).encode()
+        followup = http.HTTPFlow(flow.client_conn, flow.server_conn)
+        followup.request = http.Request.make(
+            "PATCH", url, body, http.Headers([(k.encode(), v.encode()) for k, v in headers.items()])
+        )
+        followup.request.timestamp_start = followup.request.timestamp_end = time.time()
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
                 session.patch(url, data=body, headers=headers, ssl=context) as r,
             ):
+                # The answer repeats the object (a Secret's data too): its status is kept, not it.
+                followup.response = http.Response.make(
+                    r.status,
+                    b"",
+                    {"X-Holdgate-Archived": "the object the PATCH returned is not kept"},
+                )
+                followup.response.timestamp_start = followup.response.timestamp_end = time.time()
                 if r.status >= 300:
                     log.error("ledger: labelling %s failed: HTTP %d", entry.where, r.status)
                     return
         except (aiohttp.ClientError, TimeoutError) as e:
             log.error("ledger: labelling %s failed: %s", entry.where, e)
+            followup.error = FlowError(f"the follow-up PATCH failed: {e}")
             return
+        finally:
+            self._record_followup(flow, followup, entry, record)
         record["labelled"] = "follow-up patch"
+
+    def _record_followup(
+        self, flow: http.HTTPFlow, followup: http.HTTPFlow, entry: Created, record: dict[str, Any]
+    ) -> None:
+        """The follow-up PATCH as a flow of its own, for the archive (and its audit event)."""
+        if self.on_followup is None:
+            return
+        meta = flow.metadata.get("holdgate", {})
+        request = dict(meta.get("request") or {})
+        request.update(method="PATCH", path=entry.path, kubernetes=_patch_of(request, entry))
+        followup.request.headers.pop("Authorization", None)  # the gateway's credential
+        followup.metadata["holdgate"] = {
+            "request": request,
+            "decision": {
+                "action": "allow",
+                "rule": None,
+                "reason": f"the gateway labels what flow {flow.id} created (ownership)",
+            },
+            "followup_of": flow.id,
+            KEY: {**record, "labelled": "follow-up patch" if followup.response else False},
+        }
+        followup.comment = f"allow: ownership labels for {entry.where} (after flow {flow.id})"
+        self.on_followup(followup)
 
     # --- the reaper loop ---------------------------------------------------------------
 

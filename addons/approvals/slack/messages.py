@@ -223,6 +223,9 @@ def _what_blocks(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     excerpt = summary.get("body_excerpt")
     if isinstance(excerpt, str) and excerpt:
         blocks.append(_section(f"*Body* (masked excerpt)\n{code_block(excerpt, EXCERPT_LIMIT)}"))
+    followup = summary.get("followup")
+    if isinstance(followup, str) and followup:
+        blocks.append(_section(f"*Then*\n{code(followup, TEXT_LIMIT)}"))
     return blocks
 
 
