@@ -252,6 +252,8 @@ class SpoolWriter:
         self._segment: _OpenSegment | None = None
         self._retry_at = 0.0
         self._retry_delay = 0.2
+        # Segments left unclosed when the spool failed (a full disk): closed once it works.
+        self.torn: set[int] = set()
 
     @property
     def pending(self) -> int:
@@ -266,8 +268,18 @@ class SpoolWriter:
         self._rotate_if_due(force=rotate)
 
     def close(self) -> None:
-        """Close the open segment; report what could not be written."""
+        """Close the open segment and any the spool's failures left; report what could not be
+        written or closed."""
         self.write((), rotate=True)
+        self.repair_torn()
+        if self.torn:
+            log.error(
+                "archive: spool segments %s could not be closed (%s): they stay in %s until a "
+                "start finds them; on a throwaway volume their flows are lost",
+                ", ".join(map(str, sorted(self.torn))),
+                self.error,
+                self.spool.root,
+            )
         if self._pending:
             log.error(
                 "archive: %d flows could not be written to the spool %s: %s",
@@ -342,6 +354,28 @@ class SpoolWriter:
         self.healthy, self.error = True, ""
         self._retry_delay = 0.2
         self._acknowledge(batch, True)
+        if self.torn:
+            self.repair_torn()
+
+    def repair_torn(self) -> None:
+        """Close the segments the spool's failures left open, as a start would (Spool.recover),
+        so that they are uploaded now rather than after a restart."""
+        for number in sorted(self.torn):
+            try:
+                ids = self.spool.recover(
+                    number, self.options.gateway, self.settings.audit_webhook is not None
+                )
+            except OSError as e:
+                self.error = f"cannot close spool segment {number}: {e}"
+                return
+            self.torn.discard(number)
+            log.warning(
+                "archive: spool segment %d, left open when the spool failed, closed with %d flows",
+                number,
+                len(ids),
+            )
+            if ids:
+                self.on_close()
 
     def _failed(self, error: OSError, batch: list[Submission]) -> None:
         if self.healthy:
@@ -350,7 +384,8 @@ class SpoolWriter:
         self.error = f"cannot write the spool {self.spool.root}: {error}"
         segment, self._segment = self._segment, None
         if segment is not None:
-            # Leave the torn segment behind: it is repaired and uploaded on the next start.
+            # Leave the torn segment behind: repaired once the spool works again.
+            self.torn.add(segment.number)
             for fd in segment.fds.values():
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -411,5 +446,8 @@ class SpoolWriter:
         except OSError as e:
             log.error("archive: cannot close spool segment %d: %s", segment.number, e)
             self.healthy, self.error = False, f"cannot close a spool segment: {e}"
+            self.torn.add(segment.number)
             return
         self.on_close()
+        if self.torn:
+            self.repair_torn()

@@ -118,3 +118,38 @@ def test_segments_close_by_age_without_more_traffic(
     while not list(settings.directory.rglob("*.manifest.json")):
         assert time.monotonic() < deadline, "the segment never closed by age"
         time.sleep(0.05)
+
+
+def test_a_segment_the_spool_could_not_close_is_uploaded_by_a_clean_stop(tmp_path: Path) -> None:
+    """The spool fails while closing a segment (a full disk), then works again: a clean stop
+    seals and uploads that segment too, so a throwaway spool loses nothing answered."""
+    settings = settings_for(tmp_path)
+    store = ArchiveStore(settings, "gw-test")
+    store.start()
+    first = [canary_flow(i) for i in range(3)]
+    for flow in first:
+        assert store.submit(Submission(flow.get_state()))
+    deadline = time.monotonic() + 10
+    while store.writer is not None and store.writer.written < len(first):
+        assert time.monotonic() < deadline, "the writer stalled"
+        time.sleep(0.01)
+    [open_segment] = settings.spool.glob("seg-*.mitm")
+    blocker = open_segment.with_name(open_segment.name.replace(".mitm", ".closed.json"))
+    blocker.mkdir()  # closed.json cannot be written: the segment stays open
+    try:
+        store.rotate()
+        assert store.writer is not None and not store.writer.healthy
+    finally:
+        blocker.rmdir()  # the disk has room again
+    later = [canary_flow(i) for i in range(10, 13)]
+    for flow in later:
+        assert store.submit(Submission(flow.get_state()))
+    store.stop()
+    archived = [
+        f.id
+        for path in sorted(settings.directory.rglob("*.mitm"))
+        for f in read_flows(path.read_bytes())
+    ]
+    assert sorted(archived) == sorted(f.id for f in first + later)
+    assert not list(settings.spool.glob("seg-*"))
+    assert verify(DirectoryBackend(settings.directory), settings.spool).ok
