@@ -265,9 +265,12 @@ class ArchiveStore:
         self.handover.hand_over()
         left = len(self.spool.closed())
         if left and self.uploader is not None:
-            log.warning(
-                "archive: %d segments stay in the spool %s; they are uploaded on the next start",
+            # Error: on a throwaway volume (emptyDir, tmpfs) these flows go with it.
+            log.error(
+                "archive: %d sealed segments could not be uploaded before the stop (%s); they "
+                "stay in the spool %s for the next start: keep that volume",
                 left,
+                self.uploader.error or "stop timeout",
                 self.spool.root,
             )
         self.spool.unlock()
