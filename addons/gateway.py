@@ -340,9 +340,22 @@ class Gateway:
             flow.response = http.Response.make(
                 403, message.encode(), {"Content-Type": "text/plain"}
             )
+            identity = self.auth.connection_identity(flow)
             flow.metadata[METADATA_KEY] = {
-                "decision": {"action": "deny", "rule": None, "reason": message}
+                "request": {
+                    "method": "CONNECT",
+                    "host": host,
+                    "port": port,
+                    "path": "",
+                    "target": None,
+                    "identity": identity.as_dict() if identity else None,
+                },
+                "decision": {"action": "deny", "rule": None, "reason": message},
             }
+            flow.comment = printable(
+                f"deny · default · {identity.agent if identity else 'anonymous'}: "
+                f"CONNECT {host}:{port} (not a declared target)"
+            )
             log.info("deny CONNECT %s:%d: not a declared target", printable(host, 300), port)
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -353,14 +366,7 @@ class Gateway:
             return
         identity = await self.auth.identity_for(flow)
         if flow.response:  # 407: no or bad agent credentials; nothing goes upstream
-            flow.metadata[METADATA_KEY] = {
-                "decision": {
-                    "action": "deny",
-                    "rule": None,
-                    "reason": "proxy authentication failed",
-                }
-            }
-            return
+            return  # ProxyAuth recorded what was asked, by whom it claimed to be, and why
         facts = self.facts_for(flow, identity)
         if too_large := _too_large(flow.request, facts):
             facts = dataclasses.replace(facts, problem=too_large)
@@ -437,7 +443,10 @@ class Gateway:
             flow, facts, decision, self._shown_masks(facts), followup=followup
         )
         meta["hold"] = hold_record(hold)
-        flow.comment = f"{hold.state}: {_describe(facts)} (rule {rule}; {hold.reason})"
+        flow.comment = (
+            f"{_headline(str(hold.state), decision, facts)} · hold {hold.id}: {_describe(facts)}"
+            f" ({hold.reason})"
+        )
         log.info(
             "hold %s %s: %s: %s", hold.id, hold.state, _describe(facts), printable(hold.reason)
         )
@@ -544,6 +553,14 @@ class Gateway:
         upstream = self.upstream_overrides.get(target.name) or target.upstream
         if upstream is None:
             return
+        # The record shows what the agent asked for; where it really went is in the metadata.
+        meta = flow.metadata.setdefault(METADATA_KEY, {})
+        meta["asked"] = {
+            "scheme": flow.request.scheme,
+            "host": flow.request.host,
+            "port": flow.request.port,
+        }
+        meta["upstream"] = f"{upstream.scheme}://{upstream.host}:{upstream.port}"
         flow.request.scheme = upstream.scheme
         flow.request.host = upstream.host
         flow.request.port = upstream.port
@@ -603,9 +620,7 @@ class Gateway:
             )
             self.archive.note_request_body(flow, masked.body, masked.content_type)
         what = _describe(facts)
-        flow.comment = (
-            f"{decision.action}: {what} ({decision.rule.id if decision.rule else 'default'})"
-        )
+        flow.comment = f"{_headline(str(decision.action), decision, facts)}: {what}"
         if decision.action is Action.ALLOW and not self.log_allowed:
             return  # counted in the metrics and recorded in the archive
         log.log(
@@ -673,6 +688,13 @@ def proxy_address() -> str:
     addrs = server.listen_addrs() if server is not None else []
     port = addrs[0][1] if addrs else ctx.options.listen_port or 8080
     return f"{host}:{port}"
+
+
+def _headline(outcome: str, decision: Decision, facts: RequestFacts) -> str:
+    """What an auditor scans a flow list for: outcome · rule · agent (the comment's start)."""
+    rule = decision.rule.id if decision.rule else "default"
+    agent = facts.identity.agent if facts.identity else "anonymous"
+    return printable(f"{outcome} · {rule} · {agent}", 300)
 
 
 def _describe(facts: RequestFacts) -> str:

@@ -239,10 +239,25 @@ def snapshot(flow: http.HTTPFlow) -> dict[str, Any]:
         "comment": flow.comment,
         "timestamp_created": flow.timestamp_created,
         "backup": None,
-        "request": flow.request.get_state(),
+        "request": _as_asked(flow),
         "response": flow.response.get_state() if flow.response else None,
         "websocket": flow.websocket.get_state() if flow.websocket else None,
     }
+
+
+def _as_asked(flow: http.HTTPFlow) -> dict[str, Any]:
+    """The request's state with the scheme, host and port the agent asked for (the gateway
+    routed it to its target's upstream, kept in the metadata as `upstream`)."""
+    state = flow.request.get_state()
+    asked = (flow.metadata.get("holdgate") or {}).get("asked")
+    if isinstance(asked, Mapping):
+        state = {
+            **state,
+            "scheme": str(asked["scheme"]).encode(),
+            "host": str(asked["host"]),
+            "port": int(asked["port"]),
+        }
+    return state
 
 
 def _recording(previous: StreamModifier | bool, capture: Captured) -> StreamModifier:

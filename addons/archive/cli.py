@@ -392,6 +392,9 @@ def replay(
     return code
 
 
+VIEWER_COLUMNS = ("timestamp", "comment", "method", "path", "status", "size")
+
+
 def free_port() -> int:
     """A free TCP port on loopback."""
     with socket.socket() as s:
@@ -446,6 +449,8 @@ def open_viewer(
         f"confdir={confdir}",
         "--set",
         "termlog_verbosity=warn",
+        # The comment column leads: outcome · rule · agent[ · hold ID]: what was asked.
+        *[arg for column in VIEWER_COLUMNS for arg in ("--set", f"web_columns={column}")],
     ]
     run(ArchiveViewer, cmdline.mitmweb, argv)
 

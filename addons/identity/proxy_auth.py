@@ -8,6 +8,7 @@ opened before (keep-alive), and a JWT stops at its expiry.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 import weakref
@@ -20,6 +21,20 @@ from holdgate.printable import printable
 log = logging.getLogger("holdgate")
 
 PROXY_AUTHORIZATION = "Proxy-Authorization"
+
+
+def claimed_agent(header: str | None) -> str:
+    """The user name a Basic Proxy-Authorization claims (never its password), else ""."""
+    if not header:
+        return ""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return f"({scheme.lower()[:20]} credentials)"
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return "(unreadable credentials)"
+    return printable(decoded.partition(":")[0], 100)
 
 
 def proxy_auth_required(message: str) -> http.Response:
@@ -61,7 +76,7 @@ class ProxyAuth:
         try:
             identity, expires = await self._authenticate(header)
         except AuthError as e:
-            self._refuse(flow, str(e))
+            self._refuse(flow, str(e), header)
             return False
         # A JWT (it has an expiry) is verified once; a static token is re-checked per request.
         self._by_client[flow.client_conn] = (identity, expires, header if expires is None else None)
@@ -93,12 +108,38 @@ class ProxyAuth:
             if expires is not None and time.time() > expires:
                 raise AuthError("the token has expired; reconnect with a fresh one")
         except AuthError as e:
-            self._refuse(flow, str(e))
+            self._refuse(flow, str(e), header)
             return None
         return identity
 
-    def _refuse(self, flow: http.HTTPFlow, message: str) -> None:
+    def connection_identity(self, flow: http.HTTPFlow) -> Identity | None:
+        """The agent its CONNECT proved on this flow's connection, if any."""
+        proven = self._by_client.get(flow.client_conn)
+        return proven[0] if proven is not None else None
+
+    def _refuse(self, flow: http.HTTPFlow, message: str, header: str | None = None) -> None:
         flow.response = proxy_auth_required(message)
+        # For the archive: what was asked and who claimed to ask (a name, never a secret).
+        flow.metadata["holdgate"] = {
+            "request": {
+                "method": flow.request.method,
+                "host": flow.request.pretty_host,
+                "port": flow.request.port,
+                "path": "" if flow.request.method == "CONNECT" else flow.request.path,
+                "identity": None,
+                "claimed_agent": claimed_agent(header),
+            },
+            "decision": {
+                "action": "deny",
+                "rule": None,
+                "reason": f"proxy authentication failed: {message}",
+            },
+        }
+        claimed = claimed_agent(header) or "no credentials"
+        flow.comment = printable(
+            f"deny · proxy-auth · {claimed}: {flow.request.method} {flow.request.pretty_host}"
+            f" ({message})"
+        )
         log.info(
             "407 %s %s: %s",
             printable(flow.request.method, 20),

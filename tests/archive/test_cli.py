@@ -23,7 +23,7 @@ from mitmproxy import io as mitmio
 from mitmproxy.test import taddons, tflow
 
 from holdgate.archive.addon import ReadOnlyViewer
-from holdgate.archive.cli import ReplayQuery, free_port, main, parse_when
+from holdgate.archive.cli import VIEWER_COLUMNS, ReplayQuery, free_port, main, parse_when
 from holdgate.archive.flow_format import split_records
 from holdgate.archive.records import Submission
 from holdgate.archive.store import ArchiveStore
@@ -326,6 +326,15 @@ def test_mitmweb_serves_the_masked_replay_behind_a_password(
         assert headers["Authorization"] == "Bearer <masked>"
         assert served[0]["marked"] and not served[1]["marked"]  # the held flow is marked
         assert served[0]["comment"] == flows[2].comment
+        # The flow list leads with the comment column (outcome · rule · agent).
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/options.json",
+            headers={"Authorization": f"Bearer {password}"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            options = json.load(response)
+        assert options["web_columns"]["value"] == list(VIEWER_COLUMNS)
+        assert VIEWER_COLUMNS[:2] == ("timestamp", "comment")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/flows", timeout=5)
         assert refused.value.code == 403

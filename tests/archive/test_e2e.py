@@ -9,8 +9,11 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 from mitmproxy import io as mitmio
 
+from holdgate.archive.backends import DirectoryBackend
+from holdgate.archive.cli import ReplayQuery, collect
 from holdgate.sandbox.kube_resources import SECRETS
 from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.archive.canaries import read_flows
@@ -27,6 +30,7 @@ from tests.conftest import (
 
 CANARY = "archive-canary-31415926"
 AGENT_TOKEN = "agent-token-canary-27182818"
+WRONG_PASSWORD = "wrong-password-canary-16180339"
 
 RULES = """
 rules:
@@ -127,12 +131,24 @@ def test_flows_are_archived_masked_and_replayable(tmp_path: Path, simulator: Kub
             page.decide(hold["id"], True)
             thread.join(timeout=30)
         assert result["r"].status_code == 201
+        # Refusals before any rule: bad proxy credentials, a tunnel to an undeclared host.
+        for password, url in (
+            (WRONG_PASSWORD, "https://kubernetes.default.svc/api"),
+            (AGENT_TOKEN, "https://undeclared.internal/"),
+        ):
+            proxy = f"http://ci-bot:{password}@127.0.0.1:{gw.port}"
+            with (
+                httpx.Client(proxy=proxy, verify=trust(gw)) as client,
+                pytest.raises(httpx.ProxyError),
+            ):
+                client.get(url)
     finally:
         gw.stop()
     archive = tmp_path / "var" / "archive"
     everything = _all_bytes(tmp_path / "var" / "archive") + _all_bytes(tmp_path / "var" / "spool")
     assert everything, "nothing archived"
-    for secret in (CANARY, base64.b64encode(CANARY.encode()).decode(), AGENT_TOKEN, SIM_TOKEN):
+    secrets = (CANARY, base64.b64encode(CANARY.encode()).decode(), AGENT_TOKEN, SIM_TOKEN)
+    for secret in (*secrets, WRONG_PASSWORD):
         assert secret.encode() not in everything, secret
     config_path = str(tmp_path / "holdgate.yaml")
     verify = subprocess.run(
@@ -178,6 +194,25 @@ def test_flows_are_archived_masked_and_replayable(tmp_path: Path, simulator: Kub
     )
     assert b"Kioq" in secret_get.response.content
     assert archive.exists()
+    # The record shows what the agent asked for; where it went is in the metadata.
+    assert (secret_get.request.host, secret_get.request.port) == ("kubernetes.default.svc", 443)
+    assert secret_get.metadata["holdgate"]["upstream"].startswith("https://127.0.0.1:")
+    # The comment leads with what auditors scan for: outcome · rule · agent.
+    assert secret_get.comment.startswith("allow · reads · ci-bot: get secrets archived")
+    assert held.comment.startswith(f"approved · hold-configmaps · ci-bot · hold {hold['id']}: ")
+    everyone = collect(DirectoryBackend(archive), ReplayQuery(), quiet=True)
+    refused = [f for raw in everyone.records for f in read_flows(raw)]
+    [impostor_flow] = [
+        f for f in refused if "proxy authentication failed" in str(f.metadata["holdgate"])
+    ]
+    impostor_meta = impostor_flow.metadata["holdgate"]
+    assert impostor_meta["request"]["claimed_agent"] == "ci-bot"
+    assert impostor_meta["decision"]["action"] == "deny"
+    assert impostor_flow.comment.startswith("deny · proxy-auth · ci-bot: CONNECT")
+    [tunnel] = [f for f in refused if f.request.host == "undeclared.internal"]
+    assert tunnel.metadata["holdgate"]["request"]["identity"]["agent"] == "ci-bot"
+    assert tunnel.metadata["holdgate"]["decision"]["action"] == "deny"
+    assert tunnel.comment.startswith("deny · default · ci-bot: CONNECT undeclared.internal:443")
 
 
 def test_a_hold_pending_at_stop_is_answered_and_archived(
