@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -216,12 +217,34 @@ def _redacted(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def _port_override(mitmproxy_args: list[str], option: str) -> int:
+    """The last `--set OPTION=N` among the arguments for mitmproxy, else -1."""
+    found = -1
+    for i, arg in enumerate(mitmproxy_args):
+        value = mitmproxy_args[i + 1] if arg == "--set" and i + 1 < len(mitmproxy_args) else ""
+        if value.startswith(f"{option}="):
+            with contextlib.suppress(ValueError):
+                found = int(value.partition("=")[2])
+    return found
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
-        # Loaded once, here, so that errors are printed as `holdgate check` prints them.
         from holdgate.gateway import addons as gateway_addons
+        from holdgate.gateway import fixed_listeners
+        from holdgate.operations import busy_listener
 
+        # A port in use stops the start in one line, before anything is written.
+        listeners = fixed_listeners(
+            config,
+            _port_override(args.mitmproxy_args, "holdgate_operations_port"),
+            _port_override(args.mitmproxy_args, "holdgate_approvals_port"),
+        )
+        if busy := busy_listener(listeners):
+            print(f"holdgate: refusing to start: {busy}", file=sys.stderr)
+            return EXIT_INVALID
+        # Loaded once, here, so that errors are printed as `holdgate check` prints them.
         gateway_addons[0].prepare(config)
     except (SourceError, SourceErrors) as e:
         print("holdgate: refusing to start, the configuration is invalid:", file=sys.stderr)
@@ -257,10 +280,10 @@ def _approvals_client(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
         desk_file = config.state_dir / "approvals-url"
         if desk_file.exists():
             url = desk_file.read_text().strip()
-        elif config.approvals is not None:
+        elif config.approvals is not None and config.approvals.page_host is not None:
             url = f"http://{config.approvals.page_host}:{config.approvals.page_port}/"
         else:
-            raise SystemExit("holdgate approvals: the config has no approvals section; pass --url")
+            raise SystemExit("holdgate approvals: the config has no approvals page; pass --url")
     token = args.token or os.environ.get(ADMIN_TOKEN_ENV, "")
     if not token and admin_token_path(config.state_dir).exists():
         token = admin_token_path(config.state_dir).read_text().strip()

@@ -41,6 +41,12 @@ from holdgate.ledger.reaping import proxy_url_file
 from holdgate.masking.masks import KUBERNETES_SECRET_MASKS, MaskSet, mask_request_body
 from holdgate.masking.responses import ResponseMasking, kind_hint
 from holdgate.metrics import GatewayMetrics
+from holdgate.operations import (
+    OperationsServer,
+    busy_listener,
+    operations_settings,
+    operations_url_file,
+)
 from holdgate.policy.rule_tests import load_tested_policy
 from holdgate.policy.rules import Action, Decision, LoadedPolicy, Rule
 from holdgate.printable import printable
@@ -87,6 +93,7 @@ class Gateway:
         self.ownership = Ownership()
         self.masking = ResponseMasking()
         self.archive = Archive()
+        self.operations: OperationsServer | None = None
         self.ownership.on_followup = self.archive.record_extra
         self.metrics.watch_archive(
             lambda: self.archive.writer.health if self.archive.writer is not None else {}
@@ -117,6 +124,13 @@ class Gateway:
             int,
             -1,
             "Port of the approvals page (-1: from the configuration; 0: any free port).",
+        )
+        loader.add_option(
+            "holdgate_operations_port",
+            int,
+            -1,
+            "Port of /healthz, /readyz and /metrics (-1: from the configuration; 0: any free "
+            "port).",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -150,6 +164,12 @@ class Gateway:
                 )
             except ArchiveSettingsError as e:
                 raise exceptions.OptionsError(f"holdgate configuration is invalid: {e}") from e
+            # A listener that cannot start stops the start here, before anything is written.
+            listeners = fixed_listeners(
+                config, ctx.options.holdgate_operations_port, ctx.options.holdgate_approvals_port
+            )
+            if not self._running and (busy := busy_listener(listeners)):
+                raise exceptions.OptionsError(busy)
             self.config, self.loaded = config, loaded
             # Responses reach the archive masked; request bodies are noted masked (below).
             self.archive.masked_by_gateway = True
@@ -281,13 +301,58 @@ class Gateway:
         if self.reload_interval > 0 and self._reload_task is None:
             self._reload_task = asyncio.create_task(self._watch_rules())
         if self.config is not None:
+            await self._start_operations(self.config)
             proxy_url = f"http://{proxy_address()}"
             path = proxy_url_file(self.config.state_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(proxy_url + "\n")
             self.ownership.start_reaper(proxy_url)
 
-    def done(self) -> None:
+    async def _start_operations(self, config: Config) -> None:
+        """/healthz, /readyz and /metrics, whatever else is configured."""
+        if self.operations is not None:
+            return
+        host, port = operations_settings(config.raw.get("operations"))
+        if ctx.options.holdgate_operations_port >= 0:
+            port = ctx.options.holdgate_operations_port
+        server = OperationsServer(
+            self.metrics.registry,
+            {
+                "policy": self._policy_problem,
+                "archive": self._archive_problem,
+                "approvals": self.approvals.channel_problems,
+            },
+        )
+        try:
+            bound = await server.start(host, port)
+        except OSError as e:
+            # One line; logged during startup, it stops the gateway (mitmproxy's errorcheck).
+            log.error(
+                "holdgate: cannot listen on %s:%d for /healthz, /readyz and /metrics: %s",
+                host,
+                port,
+                e.strerror or e,
+            )
+            return
+        self.operations = server
+        shown = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        url = f"http://{shown}:{bound}/"
+        operations_url_file(config.state_dir).write_text(url + "\n")
+        log.info("holdgate operations listening at %s (/healthz, /readyz, /metrics)", url)
+
+    async def _policy_problem(self) -> str:
+        return "" if self.loaded is not None else "no policy loaded"
+
+    async def _archive_problem(self) -> str:
+        if self.archive.can_record():
+            return ""
+        writer = self.archive.writer
+        return writer.last_error if writer is not None else "the archive is not running"
+
+    async def done(self) -> None:
+        if self.operations is not None:
+            await self.operations.stop()
+            self.operations = None
         self.ownership.stop_reaper()
         if self._reload_task is not None:
             self._reload_task.cancel()
@@ -688,6 +753,22 @@ def proxy_address() -> str:
     addrs = server.listen_addrs() if server is not None else []
     port = addrs[0][1] if addrs else ctx.options.listen_port or 8080
     return f"{host}:{port}"
+
+
+def fixed_listeners(
+    config: Config, operations_port: int = -1, approvals_port: int = -1
+) -> list[tuple[str, str, int]]:
+    """(what, host, port) of the fixed ports holdgate itself listens on (the `--set` overrides
+    of `holdgate_operations_port` and `holdgate_approvals_port` applied; port 0 is any)."""
+    host, port = operations_settings(config.raw.get("operations"))
+    out = [
+        ("/healthz, /readyz and /metrics", host, port if operations_port < 0 else operations_port)
+    ]
+    approvals = config.approvals
+    if approvals is not None and approvals.page_host is not None:
+        page_port = approvals.page_port if approvals_port < 0 else approvals_port
+        out.append(("the approvals page", approvals.page_host, page_port))
+    return [entry for entry in out if entry[2]]
 
 
 def _headline(outcome: str, decision: Decision, facts: RequestFacts) -> str:

@@ -15,7 +15,7 @@ from mitmproxy import connection, http
 from holdgate.approvals.desk import ApprovalDesk, Channel, HoldSpec
 from holdgate.approvals.hold import Hold, request_digest
 from holdgate.approvals.page import ApprovalsPage, LocalReviewer
-from holdgate.config.gateway_config import Config
+from holdgate.config.gateway_config import ApprovalSettings, Config
 from holdgate.config.state_files import admin_token, admin_token_path
 from holdgate.masking.masks import MaskSet, mask_request_body
 from holdgate.masking.responses import kind_hint
@@ -89,6 +89,30 @@ class Approvals:
             return
         settings = self.config.approvals
         assert settings is not None
+        if settings.page_host is not None:
+            await self._start_page(settings)
+        if self.slack_settings is not None:
+            from holdgate.approvals.slack.channel import SlackChannel
+
+            self.channels.append(SlackChannel(self.slack_settings))
+        for channel in self.channels:
+            try:
+                await channel.start(self.desk)
+                self.desk.channels.append(channel)
+            except Exception as e:  # Slack down at start: holds still expire into denial
+                log.error("approval channel %s failed to start: %s", channel.name, e)
+
+    async def channel_problems(self) -> str:
+        """Why a configured approval channel cannot take decisions now ("" when all can)."""
+        problems = []
+        for channel in self.channels:
+            health = getattr(channel, "health", None)
+            if health is not None and (why := await health()):
+                problems.append(f"{channel.name}: {why}")
+        return "; ".join(problems)
+
+    async def _start_page(self, settings: ApprovalSettings) -> None:
+        assert self.desk is not None and self.config is not None and settings.page_host
         token = admin_token(self.config.state_dir)
         self.page = ApprovalsPage(
             self.desk,
@@ -97,7 +121,18 @@ class Approvals:
             registry=self.metrics.registry,
         )
         wanted = settings.page_port if self.port_override < 0 else self.port_override
-        port = await self.page.start(settings.page_host, wanted)
+        try:
+            port = await self.page.start(settings.page_host, wanted)
+        except OSError as e:
+            self.page = None
+            # One line; logged during startup, it stops the gateway (mitmproxy's errorcheck).
+            log.error(
+                "holdgate: cannot listen on %s:%d for the approvals page: %s",
+                settings.page_host,
+                wanted,
+                e.strerror or e,
+            )
+            return
         host = (
             settings.page_host if settings.page_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         )
@@ -109,16 +144,6 @@ class Approvals:
             admin_token_path(self.config.state_dir),
         )
         _write_desk_file(self.config.state_dir, self.desk_url)
-        if self.slack_settings is not None:
-            from holdgate.approvals.slack.channel import SlackChannel
-
-            self.channels.append(SlackChannel(self.slack_settings))
-        for channel in self.channels:
-            try:
-                await channel.start(self.desk)
-                self.desk.channels.append(channel)
-            except Exception as e:  # Slack down at start: holds still expire into denial
-                log.error("approval channel %s failed to start: %s", channel.name, e)
 
     async def done(self) -> None:
         # Cancel pending holds first, so every channel can still show the outcome; then let each

@@ -95,7 +95,7 @@ def split_host_pattern(pattern: str) -> tuple[str, int | None]:
 class ApprovalSettings:
     """Where holds are decided: the local page (always, when approvals are on) and Slack."""
 
-    page_host: str
+    page_host: str | None  # None: no approvals page (Slack only)
     page_port: int
     local_reviewers: tuple[tuple[str, str], ...]  # (name, token SHA-256)
     slack: dict[str, Any] | None
@@ -256,10 +256,23 @@ def load_config(path: Path | None = None) -> Config:
                 SlackSettings.from_dict(section["slack"])
             except ValueError as e:
                 errors.append(doc.error(("approvals", "slack"), str(e)))
-        page = section.get("page", {})
+        # The page runs where configured, and wherever it is the only way to decide: a
+        # Slack-only configuration starts none (`page: false` turns it off explicitly).
+        page_section = section.get("page")
+        page: dict[str, Any] | None = (
+            page_section
+            if isinstance(page_section, dict)
+            else {}
+            if page_section is None and section.get("slack") is None
+            else None
+        )
+        if page is None and section.get("slack") is None:
+            errors.append(
+                doc.error(("approvals", "page"), "without the page, approvals need Slack")
+            )
         approvals = ApprovalSettings(
-            page_host=page.get("listen_host", "127.0.0.1"),
-            page_port=page.get("listen_port", 8081),
+            page_host=page.get("listen_host", "127.0.0.1") if page is not None else None,
+            page_port=page.get("listen_port", 8081) if page is not None else 0,
             local_reviewers=tuple(
                 (name, spec["token_sha256"].lower())
                 for name, spec in (section.get("local_reviewers") or {}).items()

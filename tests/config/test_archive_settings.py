@@ -84,7 +84,10 @@ def test_settings_full(tmp_path: Path) -> None:
             "archive.audit_webhook: 'falco:9765' is not an http(s) URL",
         ),
         ({"audit_webhook": {"url": "http://x", "ca": "nope.pem"}}, "archive.audit_webhook.ca"),
-        ({"fsync_before_response": "yes"}, "archive.fsync_before_response: must be true, false or privileged"),
+        (
+            {"fsync_before_response": "yes"},
+            "archive.fsync_before_response: must be true, false or privileged",
+        ),
         ({"upload_retry": {"max_seconds": -1}}, "archive.upload_retry.max_seconds"),
     ],
 )

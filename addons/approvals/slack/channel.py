@@ -119,6 +119,7 @@ class SlackChannel:
         self._connecting: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.http_url = ""  # the bound interactivity URL (http mode), once started
+        self._signed_in = False
         self._posted: dict[str, _Posted] = {}
         self._tails: dict[str, asyncio.Task[None]] = {}  # hold id -> its last queued Slack call
         self._tasks: set[asyncio.Task[None]] = set()
@@ -147,6 +148,16 @@ class SlackChannel:
         if self.settings.mode is SlackMode.HTTP:
             await self._start_http()
         self._connecting = asyncio.create_task(self._connect())
+
+    async def health(self) -> str:
+        """Why Slack cannot take decisions now ("" when it can): for readiness."""
+        if self.web is None:
+            return "not started"
+        if self.settings.mode is SlackMode.SOCKET:
+            if self._socket is None or not await self._socket.is_connected():
+                return "Socket Mode not connected"
+            return ""
+        return "" if self._signed_in else "not signed in to Slack (auth.test failed)"
 
     async def stop(self) -> None:
         """Stop listening; let pending message updates finish briefly."""
@@ -316,6 +327,7 @@ class SlackChannel:
     async def _connect(self) -> None:
         assert self.web is not None
         auth = await self._call("auth.test", self.web.auth_test())
+        self._signed_in = auth is not None
         if auth is not None:
             log.info(
                 "slack: signed in as %s to %s (%s mode)",

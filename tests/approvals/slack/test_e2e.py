@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from holdgate.sandbox.kube_sim import KubeSimulator
@@ -633,3 +634,40 @@ def test_slack_down_at_start_holds_still_expire_into_denial(
     finally:
         gw.stop()
     assert_no_tokens(gw)
+
+
+def _readiness(gateway: GatewayProcess) -> httpx.Response:
+    gateway.wait_for_output(r"holdgate operations listening at (\S+)")
+    url = (gateway.home / "var" / "operations-url").read_text().strip()
+    return httpx.get(f"{url}readyz", timeout=10)
+
+
+def test_a_slack_only_gateway_starts_no_page_and_is_ready_once_connected(
+    tmp_path: Path, simulator: KubeSimulator, slack: SlackThread
+) -> None:
+    config = gateway_config(simulator, slack.sim.base_url)
+    del config["approvals"]["page"]
+    gw = start_gateway(tmp_path / "connected", config, {"r.yaml": RULES}, env=SLACK_ENV)
+    try:
+        gw.wait_for_output(r"slack: Socket Mode connected")
+        ready = _readiness(gw)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["approvals"] == "ok"
+        assert "approvals page listening" not in gw.output()
+        assert not (tmp_path / "connected" / "var" / "approvals-url").exists()
+    finally:
+        gw.stop()
+    # Slack unreachable: the gateway runs (allowed traffic flows) but says it is not ready.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}/api/"
+    offline = gateway_config(simulator, nowhere)
+    del offline["approvals"]["page"]
+    gw = start_gateway(tmp_path / "unreachable", offline, {"r.yaml": RULES}, env=SLACK_ENV)
+    try:
+        not_ready = _readiness(gw)
+        assert not_ready.status_code == 503
+        assert not_ready.json()["checks"]["approvals"] == "slack: Socket Mode not connected"
+        assert not_ready.json()["checks"]["policy"] == "ok"
+    finally:
+        gw.stop()

@@ -1,0 +1,112 @@
+"""The operations listener: `/healthz`, `/readyz` and `/metrics`, in every configuration.
+
+Separate from the approvals page (which needs tokens and may be off): probes and Prometheus
+reach it without credentials, so it serves nothing but liveness, readiness and counters.
+`operations.listen_host` / `listen_port` place it (default 127.0.0.1 and any free port, logged
+and written to `<state>/operations-url`; a deployment sets a fixed port for its probes).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+# A readiness check: "" when ready, else why not.
+Check = Callable[[], Awaitable[str]]
+
+
+def operations_url_file(state_dir: Path) -> Path:
+    """Where the operations listener's URL is written at start."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return state_dir / "operations-url"
+
+
+def operations_settings(raw: Mapping[str, Any] | None) -> tuple[str, int]:
+    """(host, port) from the `operations:` section (validated by the config schema)."""
+    section = raw or {}
+    return str(section.get("listen_host", "127.0.0.1")), int(section.get("listen_port", 0))
+
+
+def busy_listener(listeners: list[tuple[str, str, int]]) -> str:
+    """The first (what, host, port) that cannot be listened on, as one line; "" when all can."""
+    for what, host, port in listeners:
+        try:
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
+            family, kind, proto, _, address = infos[0]
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as e:
+            return f"cannot listen on {host}:{port} for {what}: {e.strerror or e}"
+    return ""
+
+
+class OperationsServer:
+    """Serves liveness, readiness (each check by name) and the metrics registry."""
+
+    def __init__(self, registry: CollectorRegistry, checks: Mapping[str, Check]) -> None:
+        self.registry = registry
+        self.checks = dict(checks)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on host:port (raises OSError when it cannot); returns the bound port."""
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def readiness(self) -> dict[str, str]:
+        """Each check's answer ("" is ready)."""
+        out = {}
+        for name, check in self.checks.items():
+            try:
+                out[name] = await check()
+            except Exception as e:  # a failing check is a reason, not a crash
+                out[name] = f"check failed: {e}"
+        return out
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        found = await self.readiness()
+        ready = not any(found.values())
+        body = {"ready": ready, "checks": {k: v or "ok" for k, v in found.items()}}
+        return web.Response(
+            status=200 if ready else 503,
+            text=json.dumps(body, indent=1) + "\n",
+            content_type="application/json",
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
