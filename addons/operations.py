@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from holdgate.listening import serve
+
 # A readiness check: "" when ready, else why not.
 Check = Callable[[], Awaitable[str]]
 
@@ -65,17 +67,7 @@ class OperationsServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (raises OSError when it cannot); returns the bound port."""
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._runner, self.port = await serve(self.app(), host, port)
         return self.port
 
     async def stop(self) -> None:

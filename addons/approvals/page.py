@@ -24,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from holdgate.approvals.desk import ApprovalDesk
 from holdgate.approvals.hold import Hold, Outcome, Reviewer
+from holdgate.listening import serve
 
 log = logging.getLogger("holdgate")
 
@@ -98,13 +99,7 @@ class ApprovalsPage:
 
     async def start(self, host: str, port: int) -> int:
         """Serve on host:port; returns the bound port."""
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._runner, self.port = await serve(self.app(), host, port)
         return self.port
 
     async def stop(self) -> None:
