@@ -263,6 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             host,
             "--listen-port",
             str(port),
+            *(["--set", f"holdgate_log_format={args.log_format}"] if args.log_format else []),
             *args.mitmproxy_args,
         ]
     )
@@ -345,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help=config_help)
     p.add_argument("--listen-host", help="address to listen on (default: from the config)")
     p.add_argument("--listen-port", type=int, help="port to listen on (default: from the config)")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text lines (default), or one JSON object per line with the agent, run id, target, "
+        "verb, resource, namespace, name, decision, rule and hold of decision lines",
+    )
     p.add_argument(
         "mitmproxy_args",
         nargs=argparse.REMAINDER,

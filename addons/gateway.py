@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.addons.termlog import TermLogHandler
+from mitmproxy.log import MitmFormatter
 
 from holdgate import request_limits, unsafe_options
 from holdgate.approvals.addon import Approvals, hold_record
@@ -36,6 +38,7 @@ from holdgate.config.yaml_source import SourceError, SourceErrors
 from holdgate.identity.agents import Identity
 from holdgate.identity.proxy_auth import ProxyAuth
 from holdgate.identity.upstream_credentials import CredentialUnavailable
+from holdgate.json_logs import use_json
 from holdgate.ledger.ownership import Ownership
 from holdgate.ledger.reaping import proxy_url_file
 from holdgate.masking.masks import KUBERNETES_SECRET_MASKS, MaskSet, mask_request_body
@@ -126,6 +129,14 @@ class Gateway:
             "Port of the approvals page (-1: from the configuration; 0: any free port).",
         )
         loader.add_option(
+            "holdgate_log_format",
+            str,
+            "text",
+            "Log lines as text, or as one JSON object per line (with the agent, run id, target, "
+            "verb, resource, namespace, name, decision, rule and hold of decision lines).",
+            choices=("text", "json"),
+        )
+        loader.add_option(
             "holdgate_operations_port",
             int,
             -1,
@@ -134,6 +145,11 @@ class Gateway:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if "holdgate_log_format" in updated:  # first: the lines below are logged in it
+            terminal = [h for h in logging.getLogger().handlers if isinstance(h, TermLogHandler)]
+            for handler in terminal:
+                text = MitmFormatter(handler.has_vt_codes)
+                use_json([handler], ctx.options.holdgate_log_format == "json", text)
         known = set(ctx.options.keys())
         values = {name: getattr(ctx.options, name) for name in updated & known}
         try:
@@ -513,7 +529,12 @@ class Gateway:
             f" ({hold.reason})"
         )
         log.info(
-            "hold %s %s: %s: %s", hold.id, hold.state, _describe(facts), printable(hold.reason)
+            "hold %s %s: %s: %s",
+            hold.id,
+            hold.state,
+            _describe(facts),
+            printable(hold.reason),
+            extra={"holdgate": _log_fields(facts, str(hold.state), decision, hold.id)},
         )
         if hold.state is HoldState.APPROVED:
             self._route(flow, facts, decision.rule, exact=True)
@@ -696,6 +717,7 @@ class Gateway:
             facts.target.name + " " if facts.target else "",
             what,
             printable(decision.reason),
+            extra={"holdgate": _log_fields(facts, str(decision.action), decision)},
         )
 
 
@@ -769,6 +791,29 @@ def fixed_listeners(
         page_port = approvals.page_port if approvals_port < 0 else approvals_port
         out.append(("the approvals page", approvals.page_host, page_port))
     return [entry for entry in out if entry[2]]
+
+
+def _log_fields(
+    facts: RequestFacts, outcome: str, decision: Decision, hold: str = ""
+) -> dict[str, Any]:
+    """The structured fields of a decision's log line (`--log-format json`)."""
+    kube = facts.kube
+    identity = facts.identity
+    resource = ""
+    if kube is not None and kube.resource_request:
+        resource = kube.resource + (f"/{kube.subresource}" if kube.subresource else "")
+    return {
+        "agent": identity.agent if identity else "",
+        "run_id": identity.run_id if identity else "",
+        "target": facts.target.name if facts.target else "",
+        "verb": kube.verb if kube is not None else facts.method,
+        "resource": resource,
+        "namespace": kube.namespace if kube is not None else "",
+        "name": kube.name if kube is not None else "",
+        "decision": outcome,
+        "rule": decision.rule.id if decision.rule else "",
+        "hold": hold,
+    }
 
 
 def _headline(outcome: str, decision: Decision, facts: RequestFacts) -> str:
