@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from holdgate.config.gateway_config import EMBEDDED_DEFAULT, Config, load_config
+from holdgate.config.gateway_config import Config, load_config
 from holdgate.config.yaml_source import SourceError, SourceErrors
 
 EXIT_INVALID = 2
@@ -228,6 +228,25 @@ def _port_override(mitmproxy_args: list[str], option: str) -> int:
     return found
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("holdgate")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from holdgate.config.gateway_config import init_home
+
+    sandbox = init_home(Path(args.directory).resolve())
+    print(f"wrote {sandbox.parent.parent}")
+    print(f"start the sandbox:  holdgate run --config {sandbox}")
+    print(f"check a config:     holdgate check --config {sandbox.with_name('production.yaml')}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
@@ -339,8 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="holdgate",
         description="A human-in-the-loop gateway for automated agents (mitmproxy addons).",
     )
+    parser.add_argument("--version", action="version", version=f"holdgate {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    config_help = f"gateway configuration (default: the embedded default, {EMBEDDED_DEFAULT})"
+    config_help = "gateway configuration (default: the embedded default, rules/config/sandbox.yaml)"
+
+    p = sub.add_parser(
+        "init",
+        help="copy the example rules and configurations to a directory, to start from",
+        description="Writes DIR/rules/*.yaml (the example rules) and DIR/rules/config/ "
+        "(sandbox.yaml: the embedded default; production.yaml: a production shape); files "
+        "already there are kept. State and certificates of DIR/rules/config/sandbox.yaml go "
+        "to DIR/var and DIR/certs.",
+    )
+    p.add_argument("directory", help="where to write rules/")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("run", help="run the gateway")
     p.add_argument("--config", help=config_help)

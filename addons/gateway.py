@@ -27,10 +27,10 @@ from holdgate.archive.addon import Archive
 from holdgate.config.archive_settings import ArchiveSettings, ArchiveSettingsError
 from holdgate.config.gateway_ca import ensure_ca
 from holdgate.config.gateway_config import (
-    EMBEDDED_DEFAULT,
     Config,
     TargetKind,
     Upstream,
+    embedded_default,
     load_config,
 )
 from holdgate.config.state_files import admin_token, secret_file, write_private
@@ -313,7 +313,7 @@ class Gateway:
     async def running(self) -> None:
         self._running = True
         if self.config is None:
-            ctx.options.update(holdgate_config=str(EMBEDDED_DEFAULT))
+            ctx.options.update(holdgate_config=str(embedded_default()))
         if self.reload_interval > 0 and self._reload_task is None:
             self._reload_task = asyncio.create_task(self._watch_rules())
         if self.config is not None:

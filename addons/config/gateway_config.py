@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
@@ -21,8 +23,45 @@ from holdgate.identity.upstream_credentials import UpstreamCredential, credentia
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PROJECT_ROOT = PACKAGE_DIR.parent
+# A checkout keeps the example rules and configurations in rules/; a wheel ships them inside
+# the package (setup.py copies them) and keeps state under the user's holdgate home.
+IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "rules").is_dir()
+SHIPPED_RULES = PROJECT_ROOT / "rules" if IN_CHECKOUT else PACKAGE_DIR / "shipped" / "rules"
+EMBEDDED_DEFAULT = SHIPPED_RULES / "config" / "sandbox.yaml"
+
+
+def holdgate_home() -> Path:
+    """Where state, certs and the embedded default live: the checkout, else $HOLDGATE_HOME,
+    else $XDG_STATE_HOME/holdgate (~/.local/state/holdgate); never inside the installation."""
+    if IN_CHECKOUT:
+        return PROJECT_ROOT
+    if os.environ.get("HOLDGATE_HOME"):
+        return Path(os.environ["HOLDGATE_HOME"]).expanduser()
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state).expanduser() / "holdgate"
+
+
+def init_home(directory: Path) -> Path:
+    """Copy the shipped rules and configurations to `directory`/rules (files already there are
+    kept); returns the sandbox configuration there."""
+    target = directory / "rules"
+    for source in sorted(SHIPPED_RULES.rglob("*.yaml")):
+        destination = target / source.relative_to(SHIPPED_RULES)
+        if not destination.exists():
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
+    return target / "config" / "sandbox.yaml"
+
+
+def embedded_default() -> Path:
+    """The sandbox configuration `holdgate run` starts without --config (copied to the holdgate
+    home first when installed, so that its state stays out of the installation)."""
+    if IN_CHECKOUT:
+        return EMBEDDED_DEFAULT
+    return init_home(holdgate_home())
+
+
 SCHEMA_DIR = PACKAGE_DIR / "schema"
-EMBEDDED_DEFAULT = PROJECT_ROOT / "rules" / "config" / "sandbox.yaml"
 
 
 # What a host pattern without a port covers: HTTPS's and plain HTTP's default ports.
@@ -191,7 +230,7 @@ def parse_upstream(url: str) -> Upstream:
 
 def load_config(path: Path | None = None) -> Config:
     """Load and validate a configuration file (the embedded default when `path` is None)."""
-    path = (path or EMBEDDED_DEFAULT).resolve()
+    path = (path or embedded_default()).resolve()
     doc = load_yaml(path)
     if not isinstance(doc.data, dict):
         raise SourceErrors([doc.error((), "a configuration file must be a mapping")])
@@ -288,8 +327,8 @@ def load_config(path: Path | None = None) -> Config:
         name=gateway.get("name", "holdgate"),
         listen_host=gateway.get("listen_host", "127.0.0.1"),
         listen_port=gateway.get("listen_port", 8080),
-        certs_dir=resolve(gateway.get("certs", str(PROJECT_ROOT / "certs"))),
-        state_dir=resolve(gateway.get("state", str(PROJECT_ROOT / "var"))),
+        certs_dir=resolve(gateway.get("certs", str(holdgate_home() / "certs"))),
+        state_dir=resolve(gateway.get("state", str(holdgate_home() / "var"))),
         default=data.get("default", "deny"),
         rule_paths=rule_paths,
         targets=tuple(targets),
