@@ -15,6 +15,7 @@ from holdgate.config.gateway_config import Config, load_config
 from holdgate.config.yaml_source import SourceError, SourceErrors
 
 EXIT_INVALID = 2
+EXIT_HELD = 3  # `holdgate explain`: the request would wait for approval
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -124,22 +125,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
         loaded = load_policy(config.rule_files(), config, compile_filter)
     except (SourceError, SourceErrors) as e:
         return _print_errors(e)
-    body = Path(args.body).read_bytes() if args.body else b""
+    try:
+        body = Path(args.body).read_bytes() if args.body else b""
+    except OSError as e:
+        print(f"holdgate explain: --body: {e.strerror or e}: {args.body}", file=sys.stderr)
+        return EXIT_INVALID
     content_type = args.content_type or (
         "application/json" if body.lstrip()[:1] in (b"{", b"[") else ""
     )
     if body and not content_type and body.startswith(b"k8s\x00"):
         content_type = "application/vnd.kubernetes.protobuf"
     identity = config.agents.identity_of(args.agent, tuple(args.group)) if args.agent else None
-    decision, facts = decide_url(
-        config,
-        loaded,
-        args.method.upper(),
-        args.url,
-        body=body,
-        content_type=content_type,
-        identity=identity,
-    )
+    try:
+        decision, facts = decide_url(
+            config,
+            loaded,
+            args.method.upper(),
+            args.url,
+            body=body,
+            content_type=content_type,
+            identity=identity,
+        )
+    except ValueError as e:
+        print(
+            f"holdgate explain: {args.url!r} is not a URL the gateway can take: {e}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     info = facts.as_dict()  # type: ignore[attr-defined]
     out = {
         "target": info["target"],
@@ -156,7 +168,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if info.get("problem"):
         out["problem"] = info["problem"]
     print(json.dumps(out, indent=2))
-    return 0
+    # As `kubectl auth can-i`: 0 when allowed; a denial 1, a hold for approval 3 (2: bad input).
+    return {"allow": 0, "deny": 1}.get(str(decision.action), EXIT_HELD)
 
 
 def cmd_ca(args: argparse.Namespace) -> int:

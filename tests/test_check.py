@@ -177,7 +177,7 @@ def test_run_refuses_to_start_on_invalid_rules(tmp_path: Path) -> None:
 
 def test_explain_on_the_embedded_default() -> None:
     result = run("explain", "GET", "https://kubernetes.default.svc/api/v1/namespaces/prod/secrets")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # as `kubectl auth can-i`: denied
     out = json.loads(result.stdout)
     assert out["target"] == "sandbox"
     assert out["kubernetes"] == {
@@ -193,6 +193,19 @@ def test_explain_on_the_embedded_default() -> None:
     }
     assert out["rule"] == "deny-prod-secret-reads"
     assert out["action"] == "deny"
+
+
+def test_explain_exits_as_kubectl_auth_can_i_and_says_bad_input_in_one_line() -> None:
+    reads = run("explain", "GET", "https://kubernetes.default.svc/api/v1/namespaces")
+    assert reads.returncode == 0
+    held = run(
+        "explain", "POST", "https://kubernetes.default.svc/api/v1/namespaces/sandbox/secrets"
+    )
+    assert held.returncode == 3 and json.loads(held.stdout)["action"] == "approve"
+    for bad in (["GET", "notaurl"], ["GET", "https://x/", "--body", "/nonexistent"]):
+        result = run("explain", *bad)
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_explain_exec_shows_the_command() -> None:
