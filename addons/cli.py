@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 
@@ -193,6 +194,29 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
     except (SourceError, SourceErrors) as e:
         return _print_errors(e)
     proxy_url = args.proxy_url or f"http://{config.listen_host}:{config.listen_port}"
+    if args.agent:
+        token = os.environ.get(AGENT_TOKEN_ENV, "")
+        try:
+            if args.token_file:
+                token = Path(args.token_file).read_text().strip()
+        except OSError as e:
+            print(f"holdgate kubeconfig: --token-file: {e.strerror or e}", file=sys.stderr)
+            return EXIT_INVALID
+        if not token:
+            print(
+                f"holdgate kubeconfig: --agent needs its token: --token-file FILE or "
+                f"${AGENT_TOKEN_ENV}",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        user = args.agent + (f"+{args.run_id}" if args.run_id else "")
+        proxy_url = with_credentials(proxy_url, user, token)
+    elif config.agents.enabled and not urlsplit(proxy_url).password:
+        print(
+            "warning: the gateway requires agent credentials (identity is on): pass --agent NAME "
+            f"--token-file FILE (or ${AGENT_TOKEN_ENV}), or agents will get 407",
+            file=sys.stderr,
+        )
     try:
         source = yaml.safe_load(Path(args.kubeconfig).read_text())
         result = agent_kubeconfig(
@@ -219,6 +243,17 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
     write_private(out, yaml.safe_dump(result, sort_keys=False))
     print(f"wrote {out} (context {result['current-context']}, proxy-url {_redacted(proxy_url)})")
     return 0
+
+
+AGENT_TOKEN_ENV = "HOLDGATE_AGENT_TOKEN"
+
+
+def with_credentials(url: str, user: str, token: str) -> str:
+    """The proxy URL with the agent's name and token as its user info (percent-encoded)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{quote(user, safe='+')}:{quote(token, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _redacted(url: str) -> str:
@@ -432,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--proxy-url", help="the gateway's URL as agents reach it (default: from the config)"
     )
+    p.add_argument("--agent", help="the agent's name, written into proxy-url with its token")
+    p.add_argument(
+        "--token-file", help=f"file holding the agent's token (default: ${AGENT_TOKEN_ENV})"
+    )
+    p.add_argument("--run-id", help="tag the agent's flows with this run id (NAME+RUN_ID)")
     p.set_defaults(func=cmd_kubeconfig)
 
     p = sub.add_parser("approvals", help="list, approve or deny held requests (the page's API)")
