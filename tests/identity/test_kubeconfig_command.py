@@ -15,16 +15,9 @@ from tests.conftest import BIN, SIM_TOKEN, kube_target, kubectl, start_gateway
 AGENT_TOKEN = "kubeconfig-agent-token-6a1f"
 RULES = """
 rules:
-  - id: reads
-    action: allow
-    verbs: [get, list]
-    resources: ["*"]
-  - id: discovery
-    action: allow
-    verbs: [get]
-    nonResourceURLs: ["/*"]
+  - {id: reads, action: allow, verbs: [get, list], resources: ["*"]}
+  - {id: discovery, action: allow, verbs: [get], nonResourceURLs: ["/*"]}
 """
-
 
 def test_the_written_kubeconfig_authenticates_the_agent(
     tmp_path: Path, simulator: KubeSimulator
