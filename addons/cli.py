@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
@@ -182,6 +183,29 @@ def cmd_ca(args: argparse.Namespace) -> int:
         return _print_errors(e)
     print(ensure_ca(config.certs_dir))
     return 0
+
+
+def hold_line(hold: dict[str, Any]) -> str:
+    """One pending hold as `holdgate approvals list` prints it: who asks for what, and why."""
+    from holdgate.printable import printable
+
+    request = hold.get("request") or {}
+    kube = request.get("kubernetes") or {}
+    if kube.get("resource_request"):
+        resource = kube["resource"] + (f"/{kube['subresource']}" if kube.get("subresource") else "")
+        what = f"{kube['verb']} {resource}" + (f" {kube['name']}" if kube.get("name") else "")
+        what += f" -n {kube['namespace']}" if kube.get("namespace") else " (cluster-wide)"
+    else:
+        what = f"{request.get('method', '')} {request.get('url', '')}"
+    command = (request.get("exec") or {}).get("command")
+    if command:
+        what += " -- " + " ".join(command)
+    reason = request.get("reason") or ""
+    line = (
+        f"{hold['id']}  {hold.get('agent') or '-'}  {what}  rule {hold['rule']}  "
+        f"{hold['approvals']}/{hold['required']} approvals"
+    )
+    return printable(line + (f"  reason: {reason}" if reason else ""), 1000)
 
 
 def cmd_kubeconfig(args: argparse.Namespace) -> int:
@@ -391,11 +415,7 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         if not pending:
             print("no pending holds")
         for hold in pending:
-            request = hold["request"]
-            print(
-                f"{hold['id']}  {hold['agent'] or '-'}  {request['method']} {request['url']}  "
-                f"rule {hold['rule']}  {hold['approvals']}/{hold['required']} approvals"
-            )
+            print(hold_line(hold))
         return 0
     print(data.get("message", data))
     return 0 if response.status_code == 200 else 1

@@ -250,6 +250,8 @@ def test_cli_lists_and_approves(kubeconfig: Path, page: Page, gateway: GatewayPr
     listed = subprocess.run([*cli, "list"], capture_output=True, text=True, timeout=30)
     assert listed.returncode == 0, listed.stderr
     assert hold["id"] in listed.stdout and "hold-secrets" in listed.stdout
+    # What the hold is about, at a glance: verb, resource, name, namespace.
+    assert "create secrets via-cli -n sandbox" in listed.stdout
     denied = subprocess.run(
         [*cli, "--token", BOB, "approve", hold["id"]], capture_output=True, text=True, timeout=30
     )

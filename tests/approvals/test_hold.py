@@ -217,3 +217,33 @@ def test_digest_binds_method_url_and_body() -> None:
     assert a != request_digest("PUT", "https://k/x", b"{}")
     assert a != request_digest("POST", "https://k/y", b"{}")
     assert a != request_digest("POST", "https://k/x", b"{ }")
+
+
+def test_the_approvals_list_line_says_what_each_hold_is_about() -> None:
+    from holdgate.cli import hold_line
+
+    hold = {
+        "id": "ab12",
+        "agent": "ci-bot",
+        "rule": "approve-prod-exec",
+        "approvals": 0,
+        "required": 1,
+        "request": {
+            "method": "POST",
+            "url": "https://kubernetes.default.svc/api/v1/namespaces/prod/pods/web-0/exec",
+            "kubernetes": {
+                "resource_request": True,
+                "verb": "create",
+                "resource": "pods",
+                "subresource": "exec",
+                "name": "web-0",
+                "namespace": "prod",
+            },
+            "exec": {"command": ["sh", "-c", "cat /etc/hosts"]},
+            "reason": "debug \x1b[31mticket 42",
+        },
+    }
+    line = hold_line(hold)
+    assert line.startswith("ab12  ci-bot  create pods/exec web-0 -n prod -- sh -c cat /etc/hosts")
+    assert "rule approve-prod-exec  0/1 approvals  reason: debug" in line
+    assert "\x1b" not in line

@@ -19,6 +19,7 @@ rules:
   - {id: discovery, action: allow, verbs: [get], nonResourceURLs: ["/*"]}
 """
 
+
 def test_the_written_kubeconfig_authenticates_the_agent(
     tmp_path: Path, simulator: KubeSimulator
 ) -> None:
