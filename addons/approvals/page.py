@@ -95,6 +95,7 @@ class ApprovalsPage:
         app.router.add_post("/api/holds/{id}/deny", self._deny)
         app.router.add_get("/api/events", self._events)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/openapi.json", self._openapi)
         return app
 
     async def start(self, host: str, port: int) -> int:
@@ -228,6 +229,11 @@ class ApprovalsPage:
         finally:
             self.desk.unsubscribe(queue)
         return response
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        """This API described as OpenAPI 3.1 (no token needed: it holds no data)."""
+        document = resources.files("holdgate.approvals").joinpath("api.openapi.json").read_text()
+        return web.Response(text=document, content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.registry is None:
