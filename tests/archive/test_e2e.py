@@ -6,6 +6,7 @@ import base64
 import hashlib
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -318,3 +319,56 @@ def test_archive_health_is_on_metrics_when_uploads_fail(
         assert "holdgate_archive_refusals_total" in metrics
     finally:
         gw.stop()
+
+
+def test_a_request_refused_for_no_audit_is_archived_as_denied(
+    tmp_path: Path, simulator: KubeSimulator
+) -> None:
+    rules = "rules:\n  - {id: anything, action: allow, verbs: ['*'], resources: ['*']}\n"
+    gw = start_gateway(
+        tmp_path,
+        {"targets": [kube_target(simulator)], "archive": {"rotate_seconds": 1}},
+        {"r.yaml": rules},
+    )
+    spool = tmp_path / "var" / "spool"
+    moved = tmp_path / "spool-moved"
+    base = "https://kubernetes.default.svc/api/v1/namespaces/sandbox/configmaps"
+    headers = {"Authorization": f"Bearer {SIM_TOKEN}"}
+    try:
+        gw.wait_for_output(r"holdgate operations listening at (\S+)")
+        ready = (tmp_path / "var" / "operations-url").read_text().strip() + "readyz"
+        spool.rename(moved)
+        spool.write_text("a failed volume")
+        with httpx.Client(proxy=gw.proxy_url, verify=trust(gw), timeout=20) as agent:
+            assert agent.get(base, headers=headers).status_code == 200  # reads continue
+            for _ in range(100):
+                if httpx.get(ready, timeout=5).status_code == 503:
+                    break
+                time.sleep(0.1)
+            created = agent.post(
+                base,
+                json={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "no-audit"}},
+                headers=headers,
+            )
+            assert created.status_code == 403
+            assert "cannot record this request" in created.json()["message"]
+        spool.unlink()
+        moved.rename(spool)
+        for _ in range(100):
+            if httpx.get(ready, timeout=5).status_code == 200:
+                break
+            time.sleep(0.1)
+    finally:
+        gw.stop()
+    flows = [
+        f
+        for raw in collect(
+            DirectoryBackend(tmp_path / "var" / "archive"), ReplayQuery(), quiet=True
+        ).records
+        for f in read_flows(raw)
+    ]
+    [refused] = [f for f in flows if f.request.method == "POST"]
+    decision = refused.metadata["holdgate"]["decision"]
+    assert decision["action"] == "deny" and "archive.require_for" in decision["reason"]
+    assert decision["rules_decided"]["action"] == "allow"
+    assert decision["rules_decided"]["rule"] == "anything"
