@@ -327,3 +327,17 @@ def test_explain_says_why_a_read_rule_opens_no_shell(tmp_path: Path) -> None:
     )  # fmt: skip
     out = json.loads(result.stdout)
     assert out["action"] == "deny" and "pods/exec is privileged" in out["reason"]
+
+
+def test_local_reviewers_cannot_approve_without_the_page(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        {"held.yaml": "rules:\n  - id: held\n    action: approve\n    reviewers: [local:admin]\n"},
+    )
+    raw = yaml.safe_load(config.read_text())
+    raw["approvals"] = {"slack": {"channel": "C123", "bot_token_env": "HOLDGATE_TEST_BOT"}}
+    config.write_text(yaml.safe_dump(raw))
+    result = run("check", "--config", str(config))
+    assert result.returncode == 2
+    assert "no reviewer of this rule can ever approve" in result.stderr
+    assert "the approvals page is off" in result.stderr

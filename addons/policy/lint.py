@@ -3,8 +3,8 @@ warnings where part of it never will. Pure; `load_policy` runs it on every rule.
 
 - Resource names are RBAC's plurals: `secret` or `deploy` match nothing the apiserver names.
 - Reviewers must be able to approve: `slack:` takes a user ID (U.., W..), not an @name;
-  `slack:` and `slack-group:` need a Slack channel in the config; `local:NAME` a declared local
-  reviewer (or `admin`, the page's admin token).
+  `slack:` and `slack-group:` need a Slack channel in the config; `local:` the approvals page,
+  and `local:NAME` a declared local reviewer (or `admin`, the page's admin token).
 - Some RBAC verbs (`bind`, `escalate`, `use`, `approve`, `sign`, `attest`) are checked by the
   apiserver during admission, never a request's verb: a rule cannot match them here.
 """
@@ -102,6 +102,10 @@ def reviewer_problems(
             continue  # without approvals an approve rule refuses (403): said once, by the caller
         elif kind in ("slack", "slack-group") and not slack:
             unreachable.append((i, f"{reviewer!r}: no Slack channel is configured"))
+        elif kind == "local" and approvals.page_host is None:
+            unreachable.append(
+                (i, f"{reviewer!r}: the approvals page is off (local reviewers decide there)")
+            )
         elif kind == "local" and who != "admin" and who not in local:
             unreachable.append((i, f"{reviewer!r}: no local reviewer {who!r} is declared"))
     warnings: list[str] = []
