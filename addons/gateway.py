@@ -21,7 +21,7 @@ from mitmproxy.addons.termlog import TermLogHandler
 from mitmproxy.log import MitmFormatter
 
 from holdgate import request_limits, unsafe_options
-from holdgate.approvals.addon import Approvals, hold_record
+from holdgate.approvals.addon import REASON_HEADER, Approvals, hold_record
 from holdgate.approvals.hold import HoldState
 from holdgate.archive.addon import Archive
 from holdgate.config.archive_settings import ArchiveSettings, ArchiveSettingsError
@@ -510,6 +510,16 @@ class Gateway:
                 "allow %s: covered by the approval window of hold %s", _describe(facts), covering
             )
             self._route(flow, facts, decision.rule, exact=True)
+            return
+        if decision.rule.require_reason and not flow.request.headers.get(REASON_HEADER, "").strip():
+            message = (
+                f"rule {rule} needs a reason before anyone is asked: send the header "
+                f"{REASON_HEADER}: <why this request> (e.g. curl -H '{REASON_HEADER}: ticket "
+                "OPS-42', or a client's default headers) and try again"
+            )
+            meta["hold"] = {"state": "refused", "reason": "no reason given"}
+            log.info("refusing to hold %s: no %s", _describe(facts), REASON_HEADER)
+            self._refuse(flow, facts, message, decision)
             return
         if too_many := self.approvals.over_limit(facts.identity.agent if facts.identity else ""):
             # Every hold notifies reviewers: an agent cannot flood them. 429 says "later".

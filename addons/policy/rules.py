@@ -109,6 +109,8 @@ class Rule:
     timeout: float = DEFAULT_APPROVAL_TIMEOUT
     window: float = 0.0
     escalate_after: float | None = None
+    # Approve rules: a held request must carry X-Holdgate-Reason, else it is refused at once.
+    require_reason: bool = False
     ttl: float | None = None
     matchers: tuple[Matcher, ...] = field(default=(), compare=False, repr=False)
     # For the index: the exact values this rule is limited to.
@@ -152,6 +154,8 @@ class Decision:
                 out["reviewers"] = list(self.rule.reviewers)
                 out["required"] = self.rule.required
                 out["timeout_seconds"] = self.rule.timeout
+                if self.rule.require_reason:
+                    out["require_reason"] = True
         return out
 
 
@@ -951,7 +955,14 @@ def _compile_rule(
                     "'ttl' applies to what allow and approve rules let agents create",
                 )
             )
-        for key in ("reviewers", "required", "timeout", "window", "escalate_after"):
+        for key in (
+            "reviewers",
+            "required",
+            "timeout",
+            "window",
+            "escalate_after",
+            "require_reason",
+        ):
             if key in raw:
                 errors.append(doc.error(loc + (key,), f"{key!r} only applies to approve rules"))
     if errors:
@@ -975,6 +986,7 @@ def _compile_rule(
             timeout=timeout,
             window=durations.get("window", 0.0),
             escalate_after=durations.get("escalate_after"),
+            require_reason=bool(raw.get("require_reason", False)),
             ttl=durations.get("ttl"),
             matchers=tuple(matchers),
             keys=keys,

@@ -65,6 +65,12 @@ rules:
     verbs: [delete]
     reviewers: [local:admin]
     window: 10m
+  - id: hold-needs-a-reason
+    action: approve
+    resources: [services]
+    verbs: [create]
+    reviewers: [local:admin]
+    require_reason: true
 """
 
 
@@ -285,3 +291,29 @@ def test_metrics(page: Page) -> None:
     assert 'holdgate_hold_decisions_total{outcome="approved",rule="hold-secrets"}' in text
     assert "holdgate_hold_wait_seconds_bucket" in text
     assert 'holdgate_requests_total{action="approve"' in text
+
+
+def test_a_rule_that_requires_a_reason_refuses_at_once_without_one(
+    gateway: GatewayProcess, page: Page, simulator: KubeSimulator
+) -> None:
+    url = "https://kubernetes.default.svc/api/v1/namespaces/sandbox/services"
+    body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "why-svc"}}
+    headers = {"Authorization": "Bearer sim-token-7f3a"}
+    with httpx.Client(proxy=gateway.proxy_url, verify=trust(gateway), timeout=60) as agent:
+        refused = agent.post(url, json=body, headers=headers)
+        assert refused.status_code == 403
+        assert "X-Holdgate-Reason" in refused.json()["message"]
+        assert not [h for h in page.pending() if h["rule"] == "hold-needs-a-reason"]
+        result: dict[str, httpx.Response] = {}
+        thread = threading.Thread(
+            target=lambda: result.update(
+                r=agent.post(url, json=body, headers={**headers, "X-Holdgate-Reason": "OPS-42"})
+            )
+        )
+        thread.start()
+        hold = page.wait_pending("hold-needs-a-reason")[0]
+        assert hold["request"]["reason"] == "OPS-42"
+        assert page.decide(hold["id"], True).status_code == 200
+        thread.join(timeout=30)
+    assert result["r"].status_code == 404  # the simulator serves no Services: it went upstream
+    assert posts(simulator, "/api/v1/namespaces/sandbox/services") == 1  # the reasoned one only

@@ -274,8 +274,7 @@ def hold_message(hold: Hold, *, notify: str = "") -> SlackMessage:
             "text": {"type": "plain_text", "text": header, "emoji": True},
         }
     )
-    blocks.append({"type": "section", "fields": _who_fields(hold)})
-    blocks.extend(_what_blocks(hold.summary))
+    # The agent's reason first: what reviewers weigh before the details.
     reason = str(hold.summary.get("reason") or "").strip()
     blocks.append(
         _section(
@@ -283,6 +282,8 @@ def hold_message(hold: Hold, *, notify: str = "") -> SlackMessage:
             + (f"> {escape(truncate(reason, REASON_LIMIT))}" if reason else "_none given_")
         )
     )
+    blocks.append({"type": "section", "fields": _who_fields(hold)})
+    blocks.extend(_what_blocks(hold.summary))
     status = [_field("Approvals", _approvals_field(hold))]
     if hold.state is HoldState.PENDING:
         status.append(_field("Expires", slack_date(hold.expires_at)))
