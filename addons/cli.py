@@ -114,6 +114,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"ok: {config.path}: {len(config.targets)} targets, {len(loaded.policy.rules)} rules "
         f"in {len(loaded.files)} files, {len(loaded.tests)} rule tests passed"
     )
+    # What does not enforce yet, so that it is not forgotten.
+    if config.mode == "audit":
+        print("mode: audit (the whole gateway): nothing is refused or held, only recorded")
+    for target in config.targets:
+        if target.mode == "audit":
+            print(f"mode: audit: target {target.name}")
+    for rule in loaded.policy.rules:
+        if rule.mode == "audit":
+            print(f"mode: audit: rule {rule.id} ({rule.where})")
     return 0
 
 
@@ -166,7 +175,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "rule_source": decision.rule.where if decision.rule else None,
         "action": str(decision.action),
         "reason": decision.reason,
+        "mode": "audit" if decision.would is not None else "enforce",
     }
+    if decision.would is not None:  # audit mode: what the rules decided, not enforced
+        out["would"] = str(decision.would.action)
     if info.get("problem"):
         out["problem"] = info["problem"]
     print(json.dumps(out, indent=2))

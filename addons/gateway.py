@@ -482,12 +482,15 @@ class Gateway:
                 **refused.as_dict(),
                 "rules_decided": decision.as_dict(),
             }
-            self.metrics.requests.labels(str(Action.DENY), "").inc()
+            self.metrics.requests.labels(str(Action.DENY), "", "enforce").inc()
             self.metrics.archive_refusals.inc()
             self._refuse(flow, facts, why, decision)
             return
+        counted = decision.would or decision
         self.metrics.requests.labels(
-            str(decision.action), decision.rule.id if decision.rule else ""
+            str(counted.action),
+            counted.rule.id if counted.rule else "",
+            "audit" if decision.would is not None else "enforce",
         ).inc()
         if decision.action is Action.ALLOW:
             self._route(flow, facts, decision.rule)
@@ -716,6 +719,19 @@ class Gateway:
             )
             self.archive.note_request_body(flow, masked.body, masked.content_type)
         what = _describe(facts)
+        if decision.would is not None:  # audit mode: what would have happened, and it passes
+            outcome = f"would {decision.would.action}"
+            flow.comment = f"{_headline(outcome, decision.would, facts)}: {what} (audit mode)"
+            log.info(
+                "audit: %s %s %s%s: %s",
+                outcome,
+                facts.method,
+                facts.target.name + " " if facts.target else "",
+                what,
+                printable(decision.would.reason),
+                extra={"holdgate": _log_fields(facts, outcome, decision.would)},
+            )
+            return
         flow.comment = f"{_headline(str(decision.action), decision, facts)}: {what}"
         if decision.action is Action.ALLOW and not self.log_allowed:
             return  # counted in the metrics and recorded in the archive

@@ -17,8 +17,9 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "holdgate_requests_total",
-            "Requests decided, by action and rule.",
-            ["action", "rule"],
+            "Requests decided, by action, rule and mode (audit: the action is what would have "
+            "happened; the request passed).",
+            ["action", "rule", "mode"],
             registry=self.registry,
         )
         self.holds_pending = Gauge(

@@ -95,6 +95,7 @@ class Target:
     credential: UpstreamCredential | None = None
     # Largest request body accepted (None: the kind's default, holdgate.request_limits).
     max_request_body: int | None = None
+    mode: str | None = None  # "audit" / "enforce" for this target (None: the gateway's)
 
     def serves(self, host: str, port: int) -> bool:
         """Whether an agent asking for host:port means this target.
@@ -157,6 +158,7 @@ class Config:
     targets: tuple[Target, ...]
     sandbox_target: str | None = None
     approvals: ApprovalSettings | None = None
+    mode: str = "enforce"  # "audit": decisions recorded as what would happen, requests pass
     agents: AgentDirectory = field(default_factory=lambda: AgentDirectory((), ()))
     # Sections parsed by their own modules (archive, ...), as written.
     raw: dict[str, Any] = field(default_factory=dict)
@@ -271,6 +273,7 @@ def load_config(path: Path | None = None) -> Config:
                 default=t.get("default", "deny"),
                 credential=credential_from_config(t.get("credential"), base),
                 max_request_body=t.get("max_request_body"),
+                mode=t.get("mode"),
             )
         )
     sandbox = data.get("sandbox", {}).get("target")
@@ -330,6 +333,7 @@ def load_config(path: Path | None = None) -> Config:
         certs_dir=resolve(gateway.get("certs", str(holdgate_home() / "certs"))),
         state_dir=resolve(gateway.get("state", str(holdgate_home() / "var"))),
         default=data.get("default", "deny"),
+        mode=data.get("mode", "enforce"),
         rule_paths=rule_paths,
         targets=tuple(targets),
         sandbox_target=sandbox,

@@ -111,6 +111,7 @@ class Rule:
     escalate_after: float | None = None
     # Approve rules: a held request must carry X-Holdgate-Reason, else it is refused at once.
     require_reason: bool = False
+    mode: str | None = None  # "audit" / "enforce" (None: the target's, else the gateway's)
     ttl: float | None = None
     matchers: tuple[Matcher, ...] = field(default=(), compare=False, repr=False)
     # For the index: the exact values this rule is limited to.
@@ -135,11 +136,13 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome for one request and why."""
+    """The outcome for one request and why; `would` is what an audit-mode rule, target or
+    gateway decided but did not enforce (the request passes as allowed)."""
 
     action: Action
     rule: Rule | None
     reason: str
+    would: Decision | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form for flow metadata and `holdgate explain`."""
@@ -148,6 +151,9 @@ class Decision:
             "rule": self.rule.id if self.rule else None,
             "reason": self.reason,
         }
+        out["mode"] = "audit" if self.would is not None else "enforce"
+        if self.would is not None:
+            out["would"] = self.would.as_dict()
         if self.rule is not None:
             out["rule_source"] = self.rule.where
             if self.rule.action is Action.APPROVE:
@@ -201,6 +207,7 @@ class Policy:
         the most restrictive of all the decisions is the request's.
         """
         decision = self._decide(facts, config)
+        enforced = decision
         for request in facts.impersonates:
             if decision.action is Action.DENY:
                 break
@@ -218,7 +225,9 @@ class Policy:
                 )
             if _RESTRICTIVENESS[as_someone.action] < _RESTRICTIVENESS[decision.action]:
                 decision = as_someone
-        return decision
+        if decision is not enforced or facts.problem:
+            return decision  # impersonation and unreadable requests are never audited through
+        return audited(decision, facts, config)
 
     def _decide(self, facts: RequestFacts, config: Config) -> Decision:
         if facts.problem:
@@ -492,6 +501,22 @@ def _may_hold_secrets(facts: RequestFacts) -> bool:
     if not kube.resource_request:
         return False
     return kube.resource == "secrets" or kube.resource == "*"
+
+
+def audited(decision: Decision, facts: RequestFacts, config: Config) -> Decision:
+    """The decision as its mode makes it: in audit mode a denial or a hold passes as allowed,
+    keeping what would have happened. The rule's mode wins, then the target's, the gateway's."""
+    if decision.action is Action.ALLOW or facts.target is None:
+        return decision  # undeclared hosts stay refused, as their tunnels are
+    mode = decision.rule.mode if decision.rule is not None else None
+    if mode is None and facts.target is not None:
+        mode = facts.target.mode
+    if (mode or config.mode) != "audit":
+        return decision
+    would = "would deny" if decision.action is Action.DENY else "would hold for approval"
+    return Decision(
+        Action.ALLOW, decision.rule, f"audit mode, {would}: {decision.reason}", decision
+    )
 
 
 def decision_reason(rule: Rule, facts: RequestFacts) -> str:
@@ -987,6 +1012,7 @@ def _compile_rule(
             window=durations.get("window", 0.0),
             escalate_after=durations.get("escalate_after"),
             require_reason=bool(raw.get("require_reason", False)),
+            mode=raw.get("mode"),
             ttl=durations.get("ttl"),
             matchers=tuple(matchers),
             keys=keys,
