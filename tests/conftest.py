@@ -174,6 +174,21 @@ def kube_target(sim: KubeSimulator, name: str = "cluster", **extra: object) -> d
     }
 
 
+def write_home_config(home: Path, rules: str, **sections: object) -> Path:
+    """A configuration under `home` (state, certs and one rule file there) with these sections;
+    returns its path (for commands that take --config)."""
+    (home / "rules").mkdir(parents=True, exist_ok=True)
+    (home / "rules" / "r.yaml").write_text(rules)
+    config = {
+        "gateway": {"state": str(home / "var"), "certs": str(home / "certs")},
+        "rules": [str(home / "rules")],
+        **sections,
+    }
+    path = home / "holdgate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def write_agent_kubeconfig(path: Path, gateway: GatewayProcess, token: str = SIM_TOKEN) -> Path:
     """A kubeconfig for kubectl: the virtual in-cluster host, through the gateway via proxy-url."""
     ca = base64.b64encode(gateway.ca_path.read_bytes()).decode()

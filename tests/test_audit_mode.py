@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 
 from holdgate.archive.backends import DirectoryBackend
 from holdgate.archive.cli import ReplayQuery, collect
 from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.archive.canaries import read_flows
-from tests.conftest import BIN, SIM_TOKEN, kube_target, start_gateway, trust
+from tests.conftest import BIN, SIM_TOKEN, kube_target, start_gateway, trust, write_home_config
 
 RULES = """
 rules:
@@ -121,20 +120,11 @@ def test_an_audit_target_passes_its_defaults_but_never_an_unreadable_request(
 
 
 def test_check_and_explain_show_the_mode(tmp_path: Path) -> None:
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "r.yaml").write_text(RULES)
-    config = tmp_path / "holdgate.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "gateway": {"state": str(tmp_path / "var"), "certs": str(tmp_path / "certs")},
-                "rules": [str(tmp_path / "rules")],
-                "approvals": {},
-                "targets": [
-                    {"name": "cluster", "kind": "kubernetes", "hosts": ["kubernetes.default.svc"]}
-                ],
-            }
-        )
+    config = write_home_config(
+        tmp_path,
+        RULES,
+        approvals={},
+        targets=[{"name": "cluster", "kind": "kubernetes", "hosts": ["kubernetes.default.svc"]}],
     )
     holdgate = str(BIN / "holdgate")
     checked = subprocess.run(

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from holdgate.sandbox.kube_sim import KubeSimulator
-from tests.conftest import BIN, GatewayProcess, kube_target, start_gateway, trust
+from tests.conftest import BIN, GatewayProcess, kube_target, start_gateway, trust, write_home_config
 
 RULES = "rules:\n  - id: reads\n    action: allow\n    verbs: [get]\n    resources: ['*']\n"
 
@@ -75,20 +74,12 @@ def test_a_port_in_use_stops_the_start_with_one_line(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        (tmp_path / "rules").mkdir()
-        (tmp_path / "rules" / "r.yaml").write_text(RULES)
-        config = tmp_path / "holdgate.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "gateway": {"state": str(tmp_path / "var"), "certs": str(tmp_path / "certs")},
-                    "rules": [str(tmp_path / "rules")],
-                    "targets": [{"name": "api", "kind": "http", "hosts": ["api.internal"]}],
-                    section: {"listen_host": "127.0.0.1", "listen_port": port}
-                    if section == "operations"
-                    else {"page": {"listen_host": "127.0.0.1", "listen_port": port}},
-                }
-            )
+        listener = {"listen_host": "127.0.0.1", "listen_port": port}
+        config = write_home_config(
+            tmp_path,
+            RULES,
+            targets=[{"name": "api", "kind": "http", "hosts": ["api.internal"]}],
+            **{section: listener if section == "operations" else {"page": listener}},
         )
         result = subprocess.run(
             [str(BIN / "holdgate"), "run", "--config", str(config), "--listen-port", "0"],
