@@ -285,7 +285,15 @@ def test_page_requires_a_token_and_csrf(page: Page) -> None:
         assert browser.get(f"{page.url}/api/holds").status_code == 200
 
 
-def test_metrics(page: Page) -> None:
+def test_metrics(kubeconfig: Path, page: Page) -> None:
+    # Its own approved hold: the test does not depend on which tests ran before it.
+    process, _ = start_kubectl(
+        kubeconfig, "create", "secret", "generic", "metered", "-n", "sandbox", "--from-literal=k=v"
+    )
+    hold = page.wait_pending("hold-secrets")[0]
+    assert page.decide(hold["id"], True).status_code == 200
+    code, _, err = finish(process)
+    assert code == 0, err
     text = page.client.get(f"{page.url}/metrics").text
     assert "holdgate_holds_pending" in text
     assert 'holdgate_hold_decisions_total{outcome="approved",rule="hold-secrets"}' in text
