@@ -235,6 +235,17 @@ def trust(gateway: GatewayProcess) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(gateway.ca_path))
 
 
+# The approvals page on any free loopback port (an `approvals:` section).
+LOCAL_PAGE = {"page": {"listen_host": "127.0.0.1", "listen_port": 0}}
+PAGE_LISTENING = r"approvals page listening at (\S+) \(admin token in (\S+)\)"
+
+
+def page_address(gateway: GatewayProcess) -> tuple[str, str]:
+    """The approvals page's URL and admin token, once the gateway has printed where they are."""
+    m = gateway.wait_for_output(PAGE_LISTENING)
+    return m.group(1), Path(m.group(2)).read_text().strip()
+
+
 class Page:
     """The approvals API as a reviewer's client uses it."""
 

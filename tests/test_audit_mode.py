@@ -15,7 +15,15 @@ from holdgate.archive.backends import DirectoryBackend
 from holdgate.archive.cli import ReplayQuery, collect
 from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.archive.canaries import read_flows
-from tests.conftest import BIN, SIM_TOKEN, kube_target, start_gateway, trust, write_home_config
+from tests.conftest import (
+    BIN,
+    LOCAL_PAGE,
+    SIM_TOKEN,
+    kube_target,
+    start_gateway,
+    trust,
+    write_home_config,
+)
 
 RULES = """
 rules:
@@ -48,7 +56,7 @@ def test_audit_rules_pass_and_record_what_would_have_happened(
 ) -> None:
     config = {
         "targets": [kube_target(simulator)],
-        "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+        "approvals": LOCAL_PAGE,
     }
     gateway = start_gateway(tmp_path, config, {"r.yaml": RULES})
     headers = {"Authorization": f"Bearer {SIM_TOKEN}"}

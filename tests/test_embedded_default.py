@@ -20,6 +20,7 @@ from tests.conftest import (
     Page,
     kube_target,
     kubectl,
+    page_address,
     trust,
     write_agent_kubeconfig,
 )
@@ -86,7 +87,7 @@ def test_embedded_default_sandbox(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert "sandbox" in result.stdout
         # The newcomer's path: a secret waits for approval on the page, is approved, completes.
-        page = gw.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+        page_at = page_address(gw)
         name = f"demo-{os.getpid()}"
         creating = subprocess.Popen(
             [
@@ -105,7 +106,7 @@ def test_embedded_default_sandbox(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        with Page(page.group(1), Path(page.group(2)).read_text().strip()) as desk:
+        with Page(*page_at) as desk:
             hold = desk.wait_pending("approve-secret-writes")[0]
             assert desk.decide(hold["id"], True).status_code == 200
         out, err = creating.communicate(timeout=60)

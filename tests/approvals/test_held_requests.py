@@ -21,6 +21,7 @@ from tests.conftest import (
     Page,
     kube_target,
     kubectl,
+    page_address,
     start_gateway,
     trust,
     write_agent_kubeconfig,
@@ -96,8 +97,7 @@ def gateway(
 
 @pytest.fixture
 def page(gateway: GatewayProcess) -> Iterator[Page]:
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
-    with Page(m.group(1), Path(m.group(2)).read_text().strip()) as p:
+    with Page(*page_address(gateway)) as p:
         yield p
 
 

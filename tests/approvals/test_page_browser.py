@@ -17,8 +17,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.conftest import (
     KUBECTL,
+    LOCAL_PAGE,
     GatewayProcess,
     kube_target,
+    page_address,
     start_gateway,
     write_agent_kubeconfig,
 )
@@ -76,7 +78,7 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 
 @pytest.fixture
 def gateway(tmp_path: Path, simulator: KubeSimulator) -> Iterator[GatewayProcess]:
-    approvals = {"page": {"listen_host": "127.0.0.1", "listen_port": 0}}
+    approvals = LOCAL_PAGE
     gw = start_gateway(
         tmp_path, {"targets": [kube_target(simulator)], "approvals": approvals}, {"r.yaml": RULES}
     )
@@ -87,8 +89,7 @@ def gateway(tmp_path: Path, simulator: KubeSimulator) -> Iterator[GatewayProcess
 def test_approve_from_the_page(
     browser: webdriver.Chrome, gateway: GatewayProcess, tmp_path: Path, simulator: KubeSimulator
 ) -> None:
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
-    url, token = m.group(1), Path(m.group(2)).read_text().strip()
+    url, token = page_address(gateway)
     wait = WebDriverWait(browser, 20)
     browser.get(url)
     wait.until(ec.visibility_of_element_located((By.ID, "token"))).send_keys(token)

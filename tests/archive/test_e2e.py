@@ -20,10 +20,12 @@ from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.archive.canaries import read_flows
 from tests.conftest import (
     BIN,
+    LOCAL_PAGE,
     SIM_TOKEN,
     Page,
     kube_target,
     kubectl,
+    page_address,
     start_gateway,
     trust,
     write_agent_kubeconfig,
@@ -84,7 +86,7 @@ def test_flows_are_archived_masked_and_replayable(tmp_path: Path, simulator: Kub
                 }
             ]
         },
-        "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+        "approvals": LOCAL_PAGE,
         "archive": {"rotate_seconds": 1},
     }
     gw = start_gateway(tmp_path, config, {"r.yaml": RULES})
@@ -102,7 +104,7 @@ def test_flows_are_archived_masked_and_replayable(tmp_path: Path, simulator: Kub
             == 0
         )
         assert kubectl(kubeconfig, "get", "secrets", "-n", "prod").returncode != 0
-        m = gw.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+        page_at = page_address(gw)
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -117,7 +119,7 @@ def test_flows_are_archived_masked_and_replayable(tmp_path: Path, simulator: Kub
                 timeout=60,
                 headers={"Authorization": f"Bearer {CANARY}", "Cookie": f"session={CANARY}"},
             ) as agent,
-            Page(m.group(1), Path(m.group(2)).read_text().strip()) as page,
+            Page(*page_at) as page,
         ):
             thread = threading.Thread(
                 target=lambda: result.update(
@@ -221,12 +223,12 @@ def test_a_hold_pending_at_stop_is_answered_and_archived(
 ) -> None:
     config = {
         "targets": [kube_target(simulator)],
-        "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+        "approvals": LOCAL_PAGE,
     }
     gw = start_gateway(tmp_path, config, {"r.yaml": RULES})
     try:
         kubeconfig = write_agent_kubeconfig(tmp_path / "kubeconfig", gw)
-        m = gw.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+        page_at = page_address(gw)
         creating = subprocess.Popen(
             [str(BIN / "kubectl"), "--kubeconfig", str(kubeconfig), "create", "configmap"]
             + ["held-at-stop", "-n", "sandbox", "--from-literal=a=b"],
@@ -235,7 +237,7 @@ def test_a_hold_pending_at_stop_is_answered_and_archived(
             text=True,
         )
         try:
-            with Page(m.group(1), Path(m.group(2)).read_text().strip()) as page:
+            with Page(*page_at) as page:
                 page.wait_pending("hold-configmaps")
             gw.process.terminate()  # SIGTERM with the request held
             _, stderr = creating.communicate(timeout=60)
@@ -278,7 +280,7 @@ def test_archive_health_is_on_metrics_when_uploads_fail(
         dead = probe.getsockname()[1]
     config = {
         "targets": [kube_target(simulator)],
-        "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+        "approvals": LOCAL_PAGE,
         "archive": {
             "s3": {
                 "bucket": "audit",

@@ -28,6 +28,7 @@ from tests.conftest import (
     Page,
     kube_target,
     kubectl,
+    page_address,
     start_gateway,
     trust,
     write_agent_kubeconfig,
@@ -279,7 +280,7 @@ def test_jwks_rotation_refreshes_on_unknown_kid(gateway: GatewayProcess, keys) -
 
 
 def test_owner_cannot_approve_own_agents_request(gateway: GatewayProcess, tmp_path: Path) -> None:
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+    page_at = page_address(gateway)
     import threading
 
     result: dict[str, httpx.Response] = {}
@@ -291,7 +292,7 @@ def test_owner_cannot_approve_own_agents_request(gateway: GatewayProcess, tmp_pa
     }
     with (
         agent(gateway, "ci-bot+job-9", CI_TOKEN) as client,
-        Page(m.group(1), Path(m.group(2)).read_text().strip()) as page,
+        Page(*page_at) as page,
     ):
         thread = threading.Thread(
             target=lambda: result.update(

@@ -39,12 +39,14 @@ from holdgate.ledger.store import (
 from holdgate.sandbox.kube_resources import SECRETS
 from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.conftest import (
+    LOCAL_PAGE,
     ROOT,
     SIM_TOKEN,
     GatewayProcess,
     Page,
     kube_target,
     kubectl,
+    page_address,
     start_gateway,
     trust,
     write_agent_kubeconfig,
@@ -252,7 +254,7 @@ def gateway(
                 {"name": "ci-bot", "token_sha256": hashlib.sha256(CI_TOKEN.encode()).hexdigest()}
             ]
         },
-        "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+        "approvals": LOCAL_PAGE,
         "ledger": {"reap_expired": True, "reap_interval_seconds": 1},
     }
     gw = start_gateway(home, config, {"r.yaml": RULES}, verbose=True)
@@ -460,10 +462,10 @@ def test_resources_then_reap_through_policy(
     assert "secrets/lc-left -n lc-ns" in dry and "namespaces/lc-ns" in dry and "vanished" not in dry
     assert [r for r in simulator.requests if r.method == "DELETE"] == []
 
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+    page_at = page_address(gateway)
     with (
         Background(holdgate(gateway, "reap", "--run", "run-lc", "--yes")) as reap,
-        Page(m.group(1), Path(m.group(2)).read_text().strip()) as page,
+        Page(*page_at) as page,
     ):
         hold = page.wait_pending("reaper-namespace-deletes")[0]
         assert hold["request"]["identity"]["agent"] == "holdgate-reaper"
@@ -499,10 +501,10 @@ def test_reap_refused_by_policy_exits_non_zero(
     assert unbounded.returncode == 2 and "say what to delete" in unbounded.stderr
     kc = agent_kubeconfig(gateway, tmp_path / "kc", "run-deny")
     ok(kubectl(kc, "create", "namespace", "deny-ns"))
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+    page_at = page_address(gateway)
     with (
         Background(holdgate(gateway, "reap", "--run", "run-deny", "--yes")) as reap,
-        Page(m.group(1), Path(m.group(2)).read_text().strip()) as page,
+        Page(*page_at) as page,
     ):
         hold = page.wait_pending("reaper-namespace-deletes")[0]
         page.decide(hold["id"], False, reason="keep it for the post-mortem")

@@ -13,7 +13,15 @@ from holdgate.archive.backends import DirectoryBackend
 from holdgate.archive.cli import ReplayQuery, collect
 from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.archive.canaries import read_flows
-from tests.conftest import SIM_TOKEN, Page, kube_target, start_gateway, trust
+from tests.conftest import (
+    LOCAL_PAGE,
+    SIM_TOKEN,
+    Page,
+    kube_target,
+    page_address,
+    start_gateway,
+    trust,
+)
 
 RULES = """
 rules:
@@ -43,12 +51,12 @@ def test_an_approved_create_goes_exactly_as_sent_then_is_labelled(
         tmp_path,
         {
             "targets": [kube_target(simulator)],
-            "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+            "approvals": LOCAL_PAGE,
         },
         {"r.yaml": RULES},
     )
     try:
-        m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
+        page_at = page_address(gateway)
         answers: list[httpx.Response] = []
 
         def create() -> None:
@@ -66,7 +74,7 @@ def test_an_approved_create_goes_exactly_as_sent_then_is_labelled(
 
         agent = threading.Thread(target=create)
         agent.start()
-        with Page(m.group(1), Path(m.group(2)).read_text().strip()) as page:
+        with Page(*page_at) as page:
             [hold] = page.wait_pending("hold-configmaps")
             # Reviewers are told what follows an approval.
             followup = hold["request"]["followup"]

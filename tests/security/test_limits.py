@@ -5,13 +5,12 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from holdgate.sandbox.kube_sim import KubeSimulator
-from tests.conftest import GatewayProcess, Page, kube_target, start_gateway, trust
+from tests.conftest import GatewayProcess, Page, kube_target, page_address, start_gateway, trust
 from tests.security.peers import static_agents
 
 AGENT, TOKEN = "ci-bot", "agent-token-0b9c"
@@ -98,8 +97,7 @@ def test_a_body_over_the_apiservers_limit_never_goes_upstream(
 def test_one_agent_cannot_flood_reviewers_with_holds(
     gateway: GatewayProcess, simulator: KubeSimulator
 ) -> None:
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
-    url, token = m.group(1), Path(m.group(2)).read_text().strip()
+    url, token = page_address(gateway)
     simulator.clear_requests()
     results: dict[int, httpx.Response] = {}
     errors: dict[int, BaseException] = {}

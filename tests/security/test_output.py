@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from holdgate.config.gateway_config import EMBEDDED_DEFAULT
 from holdgate.identity.agents import AgentDirectory, AuthError, JwksSource, OidcIssuer
-from tests.conftest import BIN, ROOT, GatewayProcess, start_gateway
+from tests.conftest import BIN, LOCAL_PAGE, ROOT, GatewayProcess, page_address, start_gateway
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     config = {
-        "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+        "approvals": LOCAL_PAGE,
         "targets": [{"name": "api", "kind": "http", "hosts": ["api.test"]}],
     }
     gw = start_gateway(tmp_path_factory.mktemp("output"), config, {"r.yaml": "rules: []\n"})
@@ -33,8 +33,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 
 def test_the_admin_token_is_never_logged(gateway: GatewayProcess) -> None:
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
-    token = Path(m.group(2)).read_text().strip()
+    _url, token = page_address(gateway)
     assert len(token) > 16
     assert token not in gateway.output()
 

@@ -14,12 +14,14 @@ from holdgate.sandbox.kube_resources import PODS
 from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.conftest import (
     KUBECTL,
+    LOCAL_PAGE,
     ROOT,
     SIM_TOKEN,
     GatewayProcess,
     Page,
     kube_target,
     kubectl,
+    page_address,
     start_gateway,
     trust,
     write_agent_kubeconfig,
@@ -92,13 +94,12 @@ def test_a_denied_exec_is_asked_once(
     home = tmp_path_factory.mktemp("exec-once")
     config = {
         "targets": [kube_target(simulator)],
-        "approvals": {"page": {"listen_host": "127.0.0.1", "listen_port": 0}},
+        "approvals": LOCAL_PAGE,
     }
     gw = start_gateway(home, config, {"r.yaml": rules})
     try:
         kubeconfig = write_agent_kubeconfig(home / "kubeconfig", gw)
-        m = gw.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
-        with Page(m.group(1), Path(m.group(2)).read_text().strip()) as page:
+        with Page(*page_address(gw)) as page:
             shell = subprocess.Popen(
                 [KUBECTL, "--kubeconfig", str(kubeconfig), "exec", "-n", "prod", "web-0"]
                 + ["--", "cat", "/etc/shadow"],

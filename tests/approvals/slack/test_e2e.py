@@ -27,6 +27,7 @@ from tests.conftest import (
     GatewayProcess,
     Page,
     kube_target,
+    page_address,
     start_gateway,
     write_agent_kubeconfig,
 )
@@ -265,8 +266,7 @@ def gateway(
 
 @pytest.fixture
 def page(gateway: GatewayProcess) -> Iterator[Page]:
-    m = gateway.wait_for_output(r"approvals page listening at (\S+) \(admin token in (\S+)\)")
-    with Page(m.group(1), Path(m.group(2)).read_text().strip()) as p:
+    with Page(*page_address(gateway)) as p:
         yield p
 
 
@@ -622,10 +622,7 @@ def test_slack_down_at_start_holds_still_expire_into_denial(
             rf"hold {hold_id} expired: create secrets {name} -n slack-expiry: approval expired"
         )
         gw.wait_for_output(rf"slack: hold {hold_id} has no Slack message to update")
-        page_line = gw.wait_for_output(
-            r"approvals page listening at (\S+) \(admin token in (\S+)\)"
-        )
-        with Page(page_line.group(1), Path(page_line.group(2)).read_text().strip()) as page:
+        with Page(*page_address(gw)) as page:
             record = page.client.get(
                 f"{page.url}/api/holds/{hold_id}", headers={"Authorization": f"Bearer {page.admin}"}
             ).json()
