@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
-from holdgate.listening import serve
+from holdgate.listening import Served, metrics_response
 
 # A readiness check: "" when ready, else why not.
 Check = Callable[[], Awaitable[str]]
@@ -49,14 +49,12 @@ def busy_listener(listeners: list[tuple[str, str, int]]) -> str:
     return ""
 
 
-class OperationsServer:
+class OperationsServer(Served):
     """Serves liveness, readiness (each check by name) and the metrics registry."""
 
     def __init__(self, registry: CollectorRegistry, checks: Mapping[str, Check]) -> None:
         self.registry = registry
         self.checks = dict(checks)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -64,16 +62,6 @@ class OperationsServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         return app
-
-    async def start(self, host: str, port: int) -> int:
-        """Listen on host:port (raises OSError when it cannot); returns the bound port."""
-        self._runner, self.port = await serve(self.app(), host, port)
-        return self.port
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     async def readiness(self) -> dict[str, str]:
         """Each check's answer ("" is ready)."""
@@ -99,6 +87,4 @@ class OperationsServer:
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        return metrics_response(self.registry)

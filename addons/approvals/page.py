@@ -19,12 +19,11 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
 
 from holdgate.approvals.desk import ApprovalDesk
 from holdgate.approvals.hold import Hold, Outcome, Reviewer
-from holdgate.listening import serve
+from holdgate.listening import Served, metrics_response
 
 log = logging.getLogger("holdgate")
 
@@ -54,7 +53,7 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class ApprovalsPage:
+class ApprovalsPage(Served):
     """An aiohttp app bound to one ApprovalDesk."""
 
     def __init__(
@@ -72,8 +71,6 @@ class ApprovalsPage:
         for r in reviewers:
             self._tokens[r.token_sha256.lower()] = Reviewer(f"local:{r.name}", r.name)
         self.registry = registry
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     def reviewer_for(self, token: str) -> Reviewer | None:
         """The reviewer a token authenticates, compared in constant time."""
@@ -97,16 +94,6 @@ class ApprovalsPage:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/api/openapi.json", self._openapi)
         return app
-
-    async def start(self, host: str, port: int) -> int:
-        """Serve on host:port; returns the bound port."""
-        self._runner, self.port = await serve(self.app(), host, port)
-        return self.port
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     # --- auth --------------------------------------------------------------------------
 
@@ -238,9 +225,7 @@ class ApprovalsPage:
     async def _metrics(self, request: web.Request) -> web.Response:
         if self.registry is None:
             raise web.HTTPNotFound()
-        return web.Response(
-            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        return metrics_response(self.registry)
 
 
 def _explain(outcome: Outcome, hold: Hold) -> str:
