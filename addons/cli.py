@@ -336,7 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _config(args)
         from holdgate.gateway import addons as gateway_addons
         from holdgate.gateway import fixed_listeners
-        from holdgate.operations import busy_listener
+        from holdgate.listening import busy_listener
 
         # A port in use stops the start in one line, before anything is written.
         listeners = fixed_listeners(

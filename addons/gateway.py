@@ -21,7 +21,7 @@ from mitmproxy.addons.termlog import TermLogHandler
 from mitmproxy.log import MitmFormatter
 
 from holdgate import request_limits, unsafe_options
-from holdgate.approvals.addon import REASON_HEADER, Approvals, hold_record
+from holdgate.approvals.addon import APPROVALS_PAGE, REASON_HEADER, Approvals, hold_record
 from holdgate.approvals.hold import HoldState
 from holdgate.archive.addon import Archive
 from holdgate.config.archive_settings import ArchiveSettings, ArchiveSettingsError
@@ -41,12 +41,13 @@ from holdgate.identity.upstream_credentials import CredentialUnavailable
 from holdgate.json_logs import use_json
 from holdgate.ledger.ownership import Ownership
 from holdgate.ledger.reaping import proxy_url_file
+from holdgate.listening import busy_listener
 from holdgate.masking.masks import KUBERNETES_SECRET_MASKS, MaskSet, mask_request_body
 from holdgate.masking.responses import ResponseMasking, kind_hint
 from holdgate.metrics import GatewayMetrics
 from holdgate.operations import (
+    OPERATIONS_ENDPOINTS,
     OperationsServer,
-    busy_listener,
     operations_settings,
     operations_url_file,
 )
@@ -328,9 +329,9 @@ class Gateway:
         """/healthz, /readyz and /metrics, whatever else is configured."""
         if self.operations is not None:
             return
-        host, port = operations_settings(config.raw.get("operations"))
-        if ctx.options.holdgate_operations_port >= 0:
-            port = ctx.options.holdgate_operations_port
+        host, port = operations_settings(
+            config.raw.get("operations"), ctx.options.holdgate_operations_port
+        )
         server = OperationsServer(
             self.metrics.registry,
             {
@@ -339,20 +340,10 @@ class Gateway:
                 "approvals": self.approvals.channel_problems,
             },
         )
-        try:
-            bound = await server.start(host, port)
-        except OSError as e:
-            # One line; logged during startup, it stops the gateway (mitmproxy's errorcheck).
-            log.error(
-                "holdgate: cannot listen on %s:%d for /healthz, /readyz and /metrics: %s",
-                host,
-                port,
-                e.strerror or e,
-            )
+        url = await server.listen(host, port, OPERATIONS_ENDPOINTS)
+        if not url:
             return
         self.operations = server
-        shown = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-        url = f"http://{shown}:{bound}/"
         operations_url_file(config.state_dir).write_text(url + "\n")
         log.info("holdgate operations listening at %s (/healthz, /readyz, /metrics)", url)
 
@@ -808,14 +799,12 @@ def fixed_listeners(
 ) -> list[tuple[str, str, int]]:
     """(what, host, port) of the fixed ports holdgate itself listens on (the `--set` overrides
     of `holdgate_operations_port` and `holdgate_approvals_port` applied; port 0 is any)."""
-    host, port = operations_settings(config.raw.get("operations"))
-    out = [
-        ("/healthz, /readyz and /metrics", host, port if operations_port < 0 else operations_port)
-    ]
+    host, port = operations_settings(config.raw.get("operations"), operations_port)
+    out = [(OPERATIONS_ENDPOINTS, host, port)]
     approvals = config.approvals
     if approvals is not None and approvals.page_host is not None:
-        page_port = approvals.page_port if approvals_port < 0 else approvals_port
-        out.append(("the approvals page", approvals.page_host, page_port))
+        page_port = approvals.page_port_or(approvals_port)
+        out.append((APPROVALS_PAGE, approvals.page_host, page_port))
     return [entry for entry in out if entry[2]]
 
 

@@ -9,7 +9,6 @@ and written to `<state>/operations-url`; a deployment sets a fixed port for its 
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from holdgate.listening import Served, metrics_response
 
+# What the listener serves, as the line that says it cannot start names it.
+OPERATIONS_ENDPOINTS = "/healthz, /readyz and /metrics"
 # A readiness check: "" when ready, else why not.
 Check = Callable[[], Awaitable[str]]
 
@@ -29,24 +30,12 @@ def operations_url_file(state_dir: Path) -> Path:
     return state_dir / "operations-url"
 
 
-def operations_settings(raw: Mapping[str, Any] | None) -> tuple[str, int]:
-    """(host, port) from the `operations:` section (validated by the config schema)."""
+def operations_settings(raw: Mapping[str, Any] | None, port_override: int = -1) -> tuple[str, int]:
+    """(host, port) from the `operations:` section (validated by the config schema); a
+    `port_override` of 0 or more (`holdgate_operations_port`) replaces the port."""
     section = raw or {}
-    return str(section.get("listen_host", "127.0.0.1")), int(section.get("listen_port", 0))
-
-
-def busy_listener(listeners: list[tuple[str, str, int]]) -> str:
-    """The first (what, host, port) that cannot be listened on, as one line; "" when all can."""
-    for what, host, port in listeners:
-        try:
-            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)
-            family, kind, proto, _, address = infos[0]
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(address)
-        except OSError as e:
-            return f"cannot listen on {host}:{port} for {what}: {e.strerror or e}"
-    return ""
+    port = int(section.get("listen_port", 0)) if port_override < 0 else port_override
+    return str(section.get("listen_host", "127.0.0.1")), port
 
 
 class OperationsServer(Served):

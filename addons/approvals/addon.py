@@ -26,6 +26,7 @@ from holdgate.request.facts import RequestFacts
 log = logging.getLogger("holdgate")
 
 REASON_HEADER = "X-Holdgate-Reason"
+APPROVALS_PAGE = "the approvals page"  # as the line that says it cannot start names it
 MAX_REASON = 500
 MAX_EXCERPT = 2000
 STOPPING = "the gateway is stopping; not approved"
@@ -120,23 +121,13 @@ class Approvals:
             reviewers=tuple(LocalReviewer(n, d) for n, d in settings.local_reviewers),
             registry=self.metrics.registry,
         )
-        wanted = settings.page_port if self.port_override < 0 else self.port_override
-        try:
-            port = await self.page.start(settings.page_host, wanted)
-        except OSError as e:
-            self.page = None
-            # One line; logged during startup, it stops the gateway (mitmproxy's errorcheck).
-            log.error(
-                "holdgate: cannot listen on %s:%d for the approvals page: %s",
-                settings.page_host,
-                wanted,
-                e.strerror or e,
-            )
-            return
-        host = (
-            settings.page_host if settings.page_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        url = await self.page.listen(
+            settings.page_host, settings.page_port_or(self.port_override), APPROVALS_PAGE
         )
-        self.desk_url = f"http://{host}:{port}/"
+        if not url:
+            self.page = None
+            return
+        self.desk_url = url
         # The token itself never goes to the log: logs are collected and kept.
         log.info(
             "holdgate approvals page listening at %s (admin token in %s)",

@@ -142,6 +142,10 @@ class ApprovalSettings:
     max_pending_per_agent: int = 20
     max_pending: int = 500
 
+    def page_port_or(self, port_override: int) -> int:
+        """The page's port; a `port_override` of 0 or more (`holdgate_approvals_port`) wins."""
+        return self.page_port if port_override < 0 else port_override
+
 
 @dataclass(frozen=True, slots=True)
 class Config:

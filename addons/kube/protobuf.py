@@ -97,11 +97,8 @@ def _text(value: Any) -> str:
 
 def _last(fields: Fields, number: int) -> Any:
     """The last occurrence of a scalar field: protobuf's (and the apiserver's) "last one wins"."""
-    value = None
-    for n, _, v in fields:
-        if n == number:
-            value = v
-    return value
+    found = _last_wire(fields, number)
+    return found[1] if found is not None else None
 
 
 def _message(fields: Fields, number: int) -> bytes | None:
@@ -289,6 +286,7 @@ _MAX_DEPTH = 64
 
 
 def _last_wire(fields: Fields, number: int) -> tuple[int, Any] | None:
+    """The last occurrence of a field, with its wire type."""
     found = None
     for n, wire, value in fields:
         if n == number:

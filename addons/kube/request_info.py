@@ -970,8 +970,8 @@ def _read_protobuf(body: bytes) -> BodyObject:
 
 def _protobuf_ambiguity(body: bytes) -> str:
     """Why the apiserver's decoder could see another object than kube_protobuf does, or ""."""
-    # Protobuf merges a repeated message field and keeps a repeated scalar's last value;
-    # kube_protobuf reads the first, so a body repeating one of these fields is refused.
+    # Protobuf merges a repeated message field and keeps a repeated scalar's last value, and so
+    # does kube_protobuf; no client repeats these, so a body that does is refused outright.
     if not body.startswith(MAGIC):
         return ""  # decode_envelope reports it
     envelope = parse_fields(body[len(MAGIC) :])

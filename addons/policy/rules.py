@@ -384,12 +384,6 @@ class RuleIndex:
             self._cache[keys] = found
         return found
 
-    def compatible(self, facts: RequestFacts) -> int:
-        """The bitset of rules the request may match."""
-        *keys, path = request_keys(facts)
-        bits, _, by_path = self._lookup(tuple(keys))
-        return bits & self._dimensions[-1].compatible(path) if by_path else bits
-
     def candidates(self, facts: RequestFacts) -> tuple[int, ...]:
         """The indices of the rules the request may match, lowest first."""
         *keys, path = request_keys(facts)
@@ -400,13 +394,6 @@ class RuleIndex:
 
 
 _INDEX_CACHE = 8192
-
-
-def _bits(indices: Iterable[int]) -> int:
-    out = 0
-    for i in indices:
-        out |= 1 << i
-    return out
 
 
 def _indices(bits: int) -> Iterator[int]:
@@ -454,20 +441,19 @@ class MaskPolicy:
         self.key = key
         # When in doubt, mask: a matcher that cannot tell leaves every mask rule in.
         self._index = RuleIndex([r.keys for r in self.rules], [True] * len(self.rules))
-        self._switches_off = _bits(i for i, r in enumerate(self.rules) if r.secrets is False)
         # The merged masks of each combination of rules seen (few distinct ones in practice).
         self._merged: dict[tuple[tuple[int, ...], bool], Masking] = {}
 
     def for_request(self, facts: RequestFacts) -> Masking:
         """The masks for one request (the Secret built-ins on Kubernetes targets, unless switched off)."""
-        compatible = self._index.compatible(facts)
-        chosen = tuple(i for i in self._index.candidates(facts) if self.rules[i].matches(facts))
+        candidates = self._index.candidates(facts)
+        chosen = tuple(i for i in candidates if self.rules[i].matches(facts))
         builtins = (
             facts.target is not None
             and facts.target.kind is TargetKind.KUBERNETES
             and not any(
-                self.rules[i].surely_matches(facts)
-                for i in _indices(compatible & self._switches_off)
+                self.rules[i].secrets is False and self.rules[i].surely_matches(facts)
+                for i in candidates
             )
             and _may_hold_secrets(facts)
         )
