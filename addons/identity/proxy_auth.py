@@ -119,6 +119,7 @@ class ProxyAuth:
 
     def _refuse(self, flow: http.HTTPFlow, message: str, header: str | None = None) -> None:
         flow.response = proxy_auth_required(message)
+        claimed = claimed_agent(header)
         # For the archive: what was asked and who claimed to ask (a name, never a secret).
         flow.metadata["holdgate"] = {
             "request": {
@@ -127,7 +128,7 @@ class ProxyAuth:
                 "port": flow.request.port,
                 "path": "" if flow.request.method == "CONNECT" else flow.request.path,
                 "identity": None,
-                "claimed_agent": claimed_agent(header),
+                "claimed_agent": claimed,
             },
             "decision": {
                 "action": "deny",
@@ -135,9 +136,9 @@ class ProxyAuth:
                 "reason": f"proxy authentication failed: {message}",
             },
         }
-        claimed = claimed_agent(header) or "no credentials"
         flow.comment = printable(
-            f"deny · proxy-auth · {claimed}: {flow.request.method} {flow.request.pretty_host}"
+            f"deny · proxy-auth · {claimed or 'no credentials'}: "
+            f"{flow.request.method} {flow.request.pretty_host}"
             f" ({message})"
         )
         log.info(
