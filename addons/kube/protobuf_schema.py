@@ -30,6 +30,7 @@ PACKAGES = {
     "v1": "k8s.io.api.core.v1",
     "apps/v1": "k8s.io.api.apps.v1",
     "batch/v1": "k8s.io.api.batch.v1",
+    "authorization.k8s.io/v1": "k8s.io.api.authorization.v1",
 }
 ROOT_KINDS = {
     "v1": [
@@ -38,6 +39,8 @@ ROOT_KINDS = {
     ],
     "apps/v1": ["Deployment", "ReplicaSet", "StatefulSet", "DaemonSet"],
     "batch/v1": ["Job", "CronJob"],
+    # `kubectl auth can-i` asks in protobuf; the gateway answers from its own policy.
+    "authorization.k8s.io/v1": ["SelfSubjectAccessReview", "SelfSubjectRulesReview"],
 }  # fmt: skip
 
 # Messages whose JSON form is not an object of their fields (see protobuf.py).
