@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -39,6 +40,7 @@ from holdgate.identity.agents import Identity
 from holdgate.identity.proxy_auth import ProxyAuth
 from holdgate.identity.upstream_credentials import CredentialUnavailable
 from holdgate.json_logs import use_json
+from holdgate.kube.request_info import unread_reason
 from holdgate.ledger.ownership import Ownership
 from holdgate.ledger.reaping import proxy_url_file
 from holdgate.listening import busy_listener
@@ -50,6 +52,13 @@ from holdgate.operations import (
     OperationsServer,
     operations_settings,
     operations_url_file,
+)
+from holdgate.policy.access_review import (
+    RULES_REVIEWS,
+    answer_access,
+    filter_rules,
+    self_review,
+    with_note,
 )
 from holdgate.policy.rule_tests import load_tested_policy
 from holdgate.policy.rules import Action, Decision, LoadedPolicy, Rule
@@ -106,6 +115,8 @@ class Gateway:
         self._prepared: tuple[Config, LoadedPolicy] | None = None
         self._running = False
         self.log_allowed = False
+        # Self-reviews gone upstream, by flow id: their answers are amended on the way back.
+        self._reviews: dict[str, RequestFacts] = {}
 
     def load(self, loader: Any) -> None:
         request_limits.limit_request_heads()
@@ -454,12 +465,18 @@ class Gateway:
                 facts = dataclasses.replace(facts, problem=foreign)
             elif flow.request.raw_content is not sent:
                 facts = self.facts_for(flow, identity)
-        decision = self.loaded.policy.decide(facts, self.config)
+        review = self_review(facts) if facts.target is not None and not facts.problem else ""
+        if review:
+            decision, answer = self._review_decision(facts, review)
+        else:
+            decision = self.loaded.policy.decide(facts, self.config)
         if decision.action is not Action.DENY and (
             upgrade := self._unmaskable_upgrade(flow, facts)
         ):
             decision = Decision(Action.DENY, None, upgrade)
         self._record(flow, facts, decision)
+        if review:
+            flow.metadata[METADATA_KEY]["access_review"] = answer
         if decision.action is not Action.DENY and (
             why := self.archive.refusal_reason(
                 flow.metadata[METADATA_KEY]["request"], str(decision.action)
@@ -484,11 +501,88 @@ class Gateway:
             "audit" if decision.would is not None else "enforce",
         ).inc()
         if decision.action is Action.ALLOW:
+            if review and self._answer_review(flow, facts, answer):
+                return
             self._route(flow, facts, decision.rule)
         elif decision.action is Action.DENY:
             self._refuse(flow, facts, decision.reason, decision)
         else:
             await self._hold(flow, facts, decision)
+
+    def _review_decision(self, facts: RequestFacts, review: str) -> tuple[Decision, dict[str, Any]]:
+        """A self-review (`kubectl auth can-i`): passed, and answered from the policy for the
+        agent here or, where the gateway would allow, upstream (policy/access_review.py)."""
+        assert self.loaded is not None and self.config is not None
+        body = facts.body
+        spec = body.document.get("spec") if body is not None and body.document else None
+        if not isinstance(spec, dict):
+            why = unread_reason(body) or "the review has no spec"
+            return Decision(Action.DENY, None, f"refused: {review}: {why}"), {"kind": review}
+        if review == RULES_REVIEWS:
+            reason = "rules review: the upstream's rules, less what the gateway does not allow"
+            return Decision(Action.ALLOW, None, reason), {"kind": review, "spec": spec}
+        answer = answer_access(self.loaded.policy, self.config, facts, spec)
+        if answer.status is None:
+            reason = "access review: the gateway allows the asked request; the upstream answers"
+        else:
+            reason = f"access review answered by the gateway: {answer.status['reason']}"
+        return Decision(Action.ALLOW, None, reason), {**answer.as_dict(), "spec": spec}
+
+    def _answer_review(
+        self, flow: http.HTTPFlow, facts: RequestFacts, answer: dict[str, Any]
+    ) -> bool:
+        """Answer a self-review the gateway decides alone; else ask the upstream for JSON (the
+        gateway reads and amends its answer) and remember the facts for the response."""
+        status = answer.get("status")
+        if status is None:
+            flow.request.headers["Accept"] = "application/json"
+            self._reviews[flow.id] = facts
+            return False
+        review = {
+            "kind": "SelfSubjectAccessReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": answer["spec"],
+            "status": status,
+        }
+        flow.response = http.Response.make(
+            201, json.dumps(review).encode(), {"Content-Type": "application/json"}
+        )
+        return True
+
+    def _amend_review(self, flow: http.HTTPFlow, meta: dict[str, Any]) -> None:
+        """The upstream's answer to a self-review, with the gateway's part (fails closed)."""
+        facts = self._reviews.pop(flow.id, None)
+        answer = meta.get("access_review") or {}
+        response = flow.response
+        if facts is None or response is None or response.status_code not in (200, 201):
+            return
+        if self.loaded is None or self.config is None:
+            return
+        try:
+            review = json.loads(response.get_content(strict=False) or b"")
+            status = review["status"] if isinstance(review, dict) else None
+            if not isinstance(status, dict):
+                raise ValueError("no status")
+        except (ValueError, KeyError, TypeError):
+            status = None
+            review = {"kind": answer.get("kind"), "spec": answer.get("spec")}
+        if answer.get("kind") == RULES_REVIEWS:
+            if status is None:  # a rules list the gateway cannot read is not passed on
+                status = {
+                    "incomplete": True,
+                    "evaluationError": "holdgate: unreadable upstream answer",
+                }
+            namespace = str((answer.get("spec") or {}).get("namespace") or "")
+            status = filter_rules(self.loaded.policy, self.config, facts, namespace, status)
+        elif status is None:
+            return  # the upstream's answer stands: the gateway already allows the asked request
+        else:
+            status = with_note(status, str(answer.get("note") or ""))
+        review["status"] = status
+        response.headers["Content-Type"] = "application/json"
+        response.headers.pop("Content-Encoding", None)
+        response.content = json.dumps(review).encode()
 
     async def _hold(self, flow: http.HTTPFlow, facts: RequestFacts, decision: Decision) -> None:
         rule = decision.rule.id if decision.rule else "default"
@@ -549,6 +643,8 @@ class Gateway:
     async def response(self, flow: http.HTTPFlow) -> None:
         """Record what agents created (and deleted) in the ledger, then mask what goes back."""
         meta = flow.metadata.get(METADATA_KEY, {})
+        if flow.id in self._reviews:
+            self._amend_review(flow, meta)
         request_facts = meta.get("request") or {}
         kube = request_facts.get("kubernetes")
         if kube and request_facts.get("target"):
@@ -559,6 +655,7 @@ class Gateway:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.masking.forget(flow)
+        self._reviews.pop(flow.id, None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Let watches and followed logs stream through live instead of being buffered."""

@@ -58,6 +58,17 @@ _METHOD_VERBS = {
 CONNECT_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
 _PRIVILEGED_POD_SUBRESOURCES = CONNECT_SUBRESOURCES | {"ephemeralcontainers"}
 _PROXY_RESOURCES = frozenset({"pods", "services", "nodes"})
+# Create-only resources the apiserver answers and never stores (reviews): nothing is created.
+REVIEWS = frozenset(
+    {
+        ("authorization.k8s.io", "selfsubjectaccessreviews"),
+        ("authorization.k8s.io", "selfsubjectrulesreviews"),
+        ("authorization.k8s.io", "subjectaccessreviews"),
+        ("authorization.k8s.io", "localsubjectaccessreviews"),
+        ("authentication.k8s.io", "tokenreviews"),
+        ("authentication.k8s.io", "selfsubjectreviews"),
+    }
+)
 _STREAM_SUBRESOURCES = frozenset({"exec", "attach"})
 
 # Go's url.ParseQuery (1.24.12/1.25.6 and later) returns no values at all past this many.

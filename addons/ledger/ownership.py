@@ -21,7 +21,7 @@ from mitmproxy.flow import Error as FlowError
 
 from holdgate.config.gateway_config import Config
 from holdgate.identity.upstream_credentials import CredentialUnavailable
-from holdgate.kube.request_info import classify
+from holdgate.kube.request_info import REVIEWS, classify
 from holdgate.ledger.reaping import Result, delete_through_gateway
 from holdgate.ledger.store import (
     OWNED_PREFIX,
@@ -67,6 +67,7 @@ def _is_create(facts: RequestFacts) -> bool:
         and kube.verb == "create"
         and not kube.subresource
         and facts.method == "POST"
+        and (kube.api_group, kube.resource) not in REVIEWS  # answered, never stored
     )
 
 

@@ -4,7 +4,8 @@ It is the test peer of the gateway and the sandbox upstream of the embedded defa
 answers the way kube-apiserver v1.37 does for what kubectl and the `kubernetes` Python client
 use: discovery (legacy and aggregated), `/openapi/v3`, CRUD with JSON and protobuf bodies,
 the patch formats, `Table` and `PartialObjectMetadata` output, watches, `pods/log` and
-`pods/exec` over WebSocket. Every request is recorded (before authentication) so tests can
+`pods/exec` over WebSocket, RBAC for its one credential (`access`: 403 outside it, and the
+self-reviews of `kubectl auth can-i`). Every request is recorded (before authentication) so tests can
 assert on what the upstream actually received.
 
 Run it on an existing loop (`await sim.start()`), from synchronous code
@@ -37,7 +38,8 @@ import yaml
 from aiohttp import web
 from multidict import MultiMapping
 
-from holdgate.sandbox import kube_discovery, kube_openapi
+from holdgate.kube.request_info import classify
+from holdgate.sandbox import kube_discovery, kube_openapi, kube_rbac
 from holdgate.sandbox.kube_bodies import decode_json, decode_object, decode_yaml, media_type
 from holdgate.sandbox.kube_exec import PROTOCOLS, ExecRecord, ExecRequest, serve_exec
 from holdgate.sandbox.kube_openapi import SchemaNav
@@ -200,6 +202,8 @@ class KubeSimulator:
         self.url = ""
         self.ca_path = self.cert_dir / "ca.crt"
         self.store = KubeStore()
+        # What the credential may do (RBAC rules); a cluster admin unless a test narrows it.
+        self.access: tuple[kube_rbac.PolicyRule, ...] = kube_rbac.FULL_ACCESS
         self.requests: list[RecordedRequest] = []
         self.execs: list[ExecRecord] = []
         self._runner: web.AppRunner | None = None
@@ -394,13 +398,49 @@ class KubeSimulator:
                     "RequestEntityTooLarge",
                     f"Request entity too large: limit is {MAX_BODY_BYTES}",
                 )
+            self._authorize(request)
             return await self._route(request, path, body)
         except StatusError as e:
             return _status_response(e)
 
+    def _authorize(self, request: web.Request) -> None:
+        """403 for what the credential's RBAC rules do not allow."""
+        asked = classify(request.method, request.rel_url.raw_path, request.rel_url.raw_query_string)
+        if kube_rbac.allowing_rule(self.access, asked) is None:
+            details = {"kind": asked.resource} if asked.resource_request else None
+            if details is not None and asked.name:
+                details["name"] = asked.name
+            if details is not None and asked.api_group:
+                details["group"] = asked.api_group
+            raise StatusError(403, "Forbidden", kube_rbac.forbidden_message(asked), details)
+
+    def _self_review(self, request: web.Request, resource: str, body: bytes) -> web.Response:
+        """`kubectl auth can-i`: what this credential may do, as RBAC answers it."""
+        if request.method != "POST":
+            raise StatusError.method_not_allowed()
+        review = decode_object(request.headers.get("Content-Type", ""), body)
+        spec = review.get("spec") or {}
+        if resource == "selfsubjectaccessreviews":
+            status = kube_rbac.access_review_status(self.access, spec)
+            kind = "SelfSubjectAccessReview"
+        else:
+            status = kube_rbac.rules_review_status(self.access)
+            kind = "SelfSubjectRulesReview"
+        answer = {
+            "kind": kind,
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": status,
+        }
+        return _json_response(answer, status=201)
+
     async def _route(self, request: web.Request, path: str, body: bytes) -> web.StreamResponse:
         path = path.rstrip("/") or "/"
         accept = request.headers.get("Accept", "")
+        review = path.removeprefix("/apis/authorization.k8s.io/v1/")
+        if review in ("selfsubjectaccessreviews", "selfsubjectrulesreviews"):
+            return self._self_review(request, review, body)
         if path == "/version":
             return self._get_only(request) or _json_response(kube_discovery.version_info())
         if path == "/openapi/v3":
