@@ -324,9 +324,13 @@ def _could_narrow(rule: Rule, facts: RequestFacts, verb: str, namespace: str) ->
     keys = rule.keys
     identity = facts.identity
     target = facts.target.name if facts.target is not None else ""
+    # exec, attach and portforward are asked with get (WebSocket) or create (SPDY): rules
+    # naming either verb catch both, and a wildcard resource includes them.
+    connects = keys.resources is None or any(r.startswith("pods/") for r in keys.resources)
+    verbs = ("get", "create") if verb in ("get", "create") and connects else (verb,)
     return (
         _any_match(keys.targets, (target,))
-        and _any_match(keys.verbs, (verb,))
+        and _any_match(keys.verbs, verbs)
         and (not namespace or _any_match(keys.namespaces, (namespace,)))
         and (identity is None or _any_match(keys.agents, (identity.agent,)))
         and (identity is None or _any_match(keys.groups, identity.groups))
