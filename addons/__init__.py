@@ -10,6 +10,7 @@ dependencies pointing down this list (a folder imports only from folders below i
   `metrics.py` (the gateway's Prometheus metrics), `printable.py` (outside text escaped for
   logs and tables) and `listening.py` (serving an aiohttp app on a port) import nothing of
   holdgate's, so any folder may use them.
+- `rollout/`: rules from archived traffic: `holdgate rules suggest` and `rules report`.
 - `sandbox/`: the embedded default's Kubernetes API simulator (imports config, kube).
 - `ledger/`: what agents created, ownership labels, reaping, `holdgate resources`/`reap`.
 - `archive/`: the audit archive: writer process, spool, uploads, reading, `holdgate archive`.

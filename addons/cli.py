@@ -530,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     from holdgate.archive.cli import add_commands as add_archive_commands
 
     add_archive_commands(sub)
+
+    from holdgate.rollout.cli import add_commands as add_rollout_commands
+
+    add_rollout_commands(sub, config_help)
     return parser
 
 

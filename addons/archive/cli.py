@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -40,6 +40,9 @@ from holdgate.archive.reading import (
 from holdgate.archive.spool import Spool
 from holdgate.config.archive_settings import ArchiveSettings
 
+if TYPE_CHECKING:
+    from holdgate.config.gateway_config import Config
+
 EXIT_PROBLEMS = 1
 EXIT_INVALID = 2
 EXIT_BACKLOG = 3  # intact, but sealed segments wait in the spool: uploads are failing
@@ -55,11 +58,16 @@ def archive_settings(config_path: str | None) -> tuple[ArchiveSettings, str]:
     from holdgate.config.gateway_config import load_config
 
     config = load_config(Path(config_path) if config_path else None)
+    return settings_of(config), config.name
+
+
+def settings_of(config: Config) -> ArchiveSettings:
+    """The archive settings of a loaded configuration."""
     settings = getattr(config, "archive", None)
     if not isinstance(settings, ArchiveSettings):
         section = config.raw.get("archive")
         settings = ArchiveSettings.from_dict(section, config.path.parent, config.state_dir)
-    return settings, config.name
+    return settings
 
 
 def _load(args: argparse.Namespace) -> tuple[ArchiveSettings, str] | int:
@@ -282,23 +290,29 @@ def _glob(pattern: str | None, value: Any) -> bool:
 
 
 @dataclass(slots=True)
-class ReplayResult:
-    """What `collect` found: the records in time order and what failed verification."""
+class IndexSelection:
+    """What `select_index` found: each verified segment's manifest with its selected index
+    lines, and what failed verification (left out)."""
 
-    records: list[bytes]
-    segments: int
+    segments: list[tuple[dict[str, Any], list[dict[str, Any]]]]
     problems: list[str]
 
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        """The selected index lines of every segment, in time order."""
+        found = [entry for _, matched in self.segments for entry in matched]
+        return sorted(found, key=lambda e: e.get("ts") or 0.0)
 
-def collect(
+
+def select_index(
     backend: Backend,
     query: ReplayQuery,
     progress_stream: TextIO | None = None,
     public: Ed25519PublicKey | None = None,
     quiet: bool = False,
-) -> ReplayResult:
-    """The exact archived bytes of every selected flow, each object's hash verified, and each
-    manifest's signature with `public` (a segment that fails is left out)."""
+) -> IndexSelection:
+    """The index lines `query` selects from every sealed segment, each manifest's signature
+    checked with `public` and each index object's hash (a segment that fails is left out)."""
     catalog = scan(backend)
     sealed = sorted(
         (s for s in catalog.segments.values() if Kind.MANIFEST in s.objects),
@@ -325,16 +339,39 @@ def collect(
         index = manifest["objects"]["index"]
         try:
             data = fetch(backend, index["key"], index["sha256"], bar)
-        except (Altered, BackendError) as e:
+            entries = [json.loads(line) for line in data.splitlines() if line.strip()]
+        except (Altered, BackendError, ValueError) as e:
             problems.append(f"{index['key']}: {e}")
             continue
-        entries = [json.loads(line) for line in data.splitlines() if line.strip()]
-        matched = [e for e in entries if query.matches(e)]
+        matched = [e for e in entries if isinstance(e, dict) and query.matches(e)]
         if matched:
             selected.append((manifest, matched))
+    return IndexSelection(selected, problems)
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    """What `collect` found: the records in time order and what failed verification."""
+
+    records: list[bytes]
+    segments: int
+    problems: list[str]
+
+
+def collect(
+    backend: Backend,
+    query: ReplayQuery,
+    progress_stream: TextIO | None = None,
+    public: Ed25519PublicKey | None = None,
+    quiet: bool = False,
+) -> ReplayResult:
+    """The exact archived bytes of every selected flow, each object's hash verified, and each
+    manifest's signature with `public` (a segment that fails is left out)."""
+    selection = select_index(backend, query, progress_stream, public, quiet)
+    problems = selection.problems
     found: list[tuple[float, bytes]] = []
-    bar = ProgressBar("flows", len(selected), progress_stream, quiet)
-    for manifest, matched in selected:
+    bar = ProgressBar("flows", len(selection.segments), progress_stream, quiet)
+    for manifest, matched in selection.segments:
         flows = manifest["objects"]["flows"]
         try:
             data = fetch(backend, flows["key"], flows["sha256"], bar)
@@ -346,7 +383,7 @@ def collect(
             if state.get("id") in when:
                 found.append((when[str(state["id"])], raw))
     found.sort(key=lambda item: item[0])
-    return ReplayResult([raw for _, raw in found], len(selected), problems)
+    return ReplayResult([raw for _, raw in found], len(selection.segments), problems)
 
 
 def replay(
@@ -539,13 +576,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
 
 
+PUBLIC_KEY_HELP = (
+    "PEM public key that checks the segments' signatures (default: the gateway's own "
+    "archive.signing_key, where it is on this host)"
+)
+
+
 def add_commands(subparsers: Any) -> None:
     """Add `archive verify` and `replay` to the holdgate command line."""
     config_help = "gateway configuration (default: the embedded default)"
-    key_help = (
-        "PEM public key that checks the segments' signatures (default: the gateway's own "
-        "archive.signing_key, where it is on this host)"
-    )
+    key_help = PUBLIC_KEY_HELP
     archive = subparsers.add_parser("archive", help="the audit archive")
     sub = archive.add_subparsers(dest="archive_command", required=True)
     p = sub.add_parser(

@@ -383,7 +383,61 @@ def index_entry(state: Mapping[str, Any], gateway: str) -> dict[str, Any]:
         "websocket": bool(state.get("websocket")),
         "error": error.get("msg") if error else None,
         "comment": state.get("comment") or "",
+        **_policy_notes(holdgate, facts, kube, decision, hold),
     }
+
+
+def _brief_decision(decision: Any) -> dict[str, Any] | None:
+    if not isinstance(decision, Mapping):
+        return None
+    brief = {"action": decision.get("action"), "rule": decision.get("rule")}
+    return {**brief, "default": True} if decision.get("default") else brief
+
+
+def _policy_notes(
+    holdgate: Mapping[str, Any],
+    facts: Mapping[str, Any],
+    kube: Mapping[str, Any],
+    decision: Mapping[str, Any],
+    hold: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What `holdgate rules suggest` and `rules report` read beside the replay fields; only
+    what a flow has, so that most lines stay short (older lines have none of it)."""
+    notes: dict[str, Any] = {}
+    if kube:
+        notes["group"] = kube.get("api_group") or ""
+        if not kube.get("resource_request", True):
+            notes["nonresource"] = True
+    command = (facts.get("exec") or {}).get("command")
+    if command:
+        notes["exec"] = [str(word) for word in command]
+    if facts.get("problem"):
+        notes["problem"] = True
+    if facts.get("impersonates"):
+        notes["impersonates"] = len(facts["impersonates"])
+    if decision.get("default"):
+        notes["default"] = True
+    if decision.get("mode") == "audit":
+        notes["mode"] = "audit"
+        notes["would"] = _brief_decision(decision.get("would"))
+    if "rules_decided" in decision:  # the gateway refused what the rules decided (no audit)
+        notes["rules_decided"] = _brief_decision(decision["rules_decided"])
+    if holdgate.get("followup_of"):
+        notes["followup_of"] = holdgate["followup_of"]
+    if hold:
+        notes["hold"] = {
+            key: hold[key]
+            for key in ("id", "created_at", "expires_at", "decided_at", "window_of")
+            if hold.get(key) is not None
+        }
+        reviews = [
+            {k: r.get(k) for k in ("reviewer", "name", "approve", "at")}
+            for r in hold.get("reviews") or ()
+            if isinstance(r, Mapping)
+        ]
+        if reviews:
+            notes["hold"]["reviews"] = reviews
+    return notes
 
 
 def _json_object(

@@ -5,6 +5,7 @@ warnings where part of it never will. Pure; `load_policy` runs it on every rule.
 - Reviewers must be able to approve: `slack:` takes a user ID (U.., W..), not an @name;
   `slack:` and `slack-group:` need a Slack channel in the config; `local:` the approvals page,
   and `local:NAME` a declared local reviewer (or `admin`, the page's admin token).
+- `commands` (globs on an exec command) matches only pods/exec and pods/attach requests.
 - Some RBAC verbs (`bind`, `escalate`, `use`, `approve`, `sign`, `attest`) are checked by the
   apiserver during admission, never a request's verb: a rule cannot match them here.
 """
@@ -118,6 +119,24 @@ def reviewer_problems(
     return errors, warnings
 
 
+# The only requests that carry a command: exec starts one, attach joins one.
+COMMAND_RESOURCES = frozenset({"pods/exec", "pods/attach"})
+
+
+def command_warnings(raw: dict[str, Any]) -> list[str]:
+    """A message when `commands` is set on a rule that names more than exec and attach."""
+    if "commands" not in raw:
+        return []
+    others = sorted(set(raw.get("resources") or ["(any resource)"]) - COMMAND_RESOURCES)
+    if not others:
+        return []
+    return [
+        f"`commands` matches only pods/exec and pods/attach requests, so this rule never "
+        f"matches {', '.join(others)}: name only pods/exec or pods/attach in `resources`"
+    ]
+
+
 def rule_warnings(raw: dict[str, Any]) -> list[str]:
-    """Warnings about a rule as written (verbs no request carries)."""
-    return verb_warnings(raw.get("verbs") or ())
+    """Warnings about a rule as written (verbs no request carries, `commands` beside other
+    resources)."""
+    return [*verb_warnings(raw.get("verbs") or ()), *command_warnings(raw)]

@@ -143,6 +143,8 @@ class Decision:
     rule: Rule | None
     reason: str
     would: Decision | None = None
+    # No rule matched: the target's `default` decided (what `holdgate rules suggest` reads).
+    by_default: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form for flow metadata and `holdgate explain`."""
@@ -152,6 +154,8 @@ class Decision:
             "reason": self.reason,
         }
         out["mode"] = "audit" if self.would is not None else "enforce"
+        if self.by_default:
+            out["default"] = True
         if self.would is not None:
             out["would"] = self.would.as_dict()
         if self.rule is not None:
@@ -254,7 +258,7 @@ class Policy:
             )
             if action is Action.ALLOW:
                 action = Action.DENY
-        return Decision(action, None, reason)
+        return Decision(action, None, reason, by_default=True)
 
 
 # --- the index ------------------------------------------------------------------------------
@@ -713,6 +717,21 @@ def _groups_matcher(patterns: list[str]) -> Matcher:
     return match
 
 
+def _commands_matcher(patterns: list[str]) -> Matcher:
+    """The exec command, its words joined by single spaces, against globs (`*` spans spaces)."""
+    match_command = _globs(patterns)
+
+    def match(f: RequestFacts) -> bool | None:
+        kube = f.kube
+        if kube is None or kube.resource != "pods" or kube.subresource not in ("exec", "attach"):
+            return False  # only exec and attach start or join a process
+        if f.exec is None or not f.exec.command:
+            return None  # attach joins a process whose command the request does not say
+        return match_command(" ".join(f.exec.command))
+
+    return match
+
+
 def _methods_matcher(methods: list[str]) -> Matcher:
     allowed = frozenset(m.upper() for m in methods)
     return lambda f: "*" in allowed or f.method in allowed
@@ -785,6 +804,7 @@ _KUBE_FIELDS = (
     "nonResourceURLs",
     "namespaces",
     "violatesPodSecurity",
+    "commands",
 )
 
 
@@ -839,6 +859,7 @@ _FIELD_MATCHERS: tuple[tuple[str, Callable[[Any], Matcher]], ...] = (
     ("agents", _agents_matcher),
     ("groups", _groups_matcher),
     ("violatesPodSecurity", lambda level: _pod_security_matcher(level)),
+    ("commands", _commands_matcher),
     ("methods", _methods_matcher),
     ("paths", _paths_matcher),
 )
