@@ -18,6 +18,7 @@ dependencies pointing down this list (a folder imports only from folders below i
 - `policy/`: rule files compiled into decisions and mask rules; rule `tests:`.
 - `masking/`: JSONPath masks over JSON bodies and watch streams, and the mitmproxy side of it.
 - `request/`: one request as the gateway sees it (facts for the policy) and the refusals it sends.
+- `state/`: the replicas' shared state in PostgreSQL: connections, migrations, leases.
 - `config/`: the configuration file, every section's settings, state files, the gateway's CA.
 - `identity/`: who is asking (proxy credentials, OIDC) and the upstream credentials injected.
 - `kube/`: Kubernetes requests classified as the apiserver does, protobuf bodies, kubeconfigs.

@@ -68,6 +68,7 @@ from holdgate.request.facts import RequestFacts, build_facts
 from holdgate.request.flow_filter import compile_filter
 from holdgate.request.headers import strip_headers
 from holdgate.request.refusal import refusal
+from holdgate.state.postgres import StateStore, StateStoreSettings
 
 log = logging.getLogger("holdgate")
 
@@ -198,6 +199,14 @@ class Gateway:
             )
             if not self._running and (busy := busy_listener(listeners)):
                 raise exceptions.OptionsError(busy)
+            try:
+                state_store = StateStoreSettings.from_config(
+                    config.raw.get("state_store"), os.environ, config.path.parent
+                )
+            except ValueError as e:
+                raise exceptions.OptionsError(f"holdgate configuration is invalid: {e}") from e
+            if state_store is not None and self.approvals.state is None:
+                self.approvals.state = StateStore(state_store, config.name)
             self.config, self.loaded = config, loaded
             # Responses reach the archive masked; request bodies are noted masked (below).
             self.archive.masked_by_gateway = True
@@ -590,7 +599,7 @@ class Gateway:
             self._refuse(flow, facts, f"{NO_APPROVAL_CHANNEL} (rule {rule})", decision)
             return
         meta = flow.metadata[METADATA_KEY]
-        covering = self.approvals.window_covers(flow, facts)
+        covering = await self.approvals.window_covers(flow, facts)
         if covering is not None:
             meta["hold"] = {"state": "approved", "window_of": covering}
             flow.comment += f"; covered by the approval window of hold {covering}"

@@ -25,6 +25,12 @@ class GatewayMetrics:
         self.holds_pending = Gauge(
             "holdgate_holds_pending", "Requests waiting for approval now.", registry=self.registry
         )
+        self.state_store_up = Gauge(
+            "holdgate_state_store_up",
+            "1 when the replicas' shared state store (PostgreSQL) is reachable, 0 when it is not "
+            "(holds are refused); absent without a state store.",
+            registry=self.registry,
+        )
         self.hold_decisions = Counter(
             "holdgate_hold_decisions_total",
             "Held requests decided, by outcome and rule.",
@@ -76,6 +82,10 @@ class GatewayMetrics:
     def count_pending(self, pending: Callable[[], int]) -> None:
         """Report the pending-hold count from a live source."""
         self.holds_pending.set_function(pending)
+
+    def watch_state_store(self, up: Callable[[], bool]) -> None:
+        """Report whether the shared state store is reachable, from a live source."""
+        self.state_store_up.set_function(lambda: 1.0 if up() else 0.0)
 
 
 class _UploadErrors:

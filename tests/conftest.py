@@ -54,6 +54,11 @@ class GatewayProcess:
         self.drain()
         return "".join(self.lines)
 
+    def printed(self) -> int:
+        """How many lines the gateway has printed so far (for `wait_for_output(after=...)`)."""
+        self.drain()
+        return len(self.lines)
+
     def drain(self) -> None:
         while True:
             try:
@@ -63,11 +68,12 @@ class GatewayProcess:
             if line is not None:
                 self.lines.append(line)
 
-    def wait_for_output(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        """Block until a line matching `pattern` has been printed (bounded)."""
+    def wait_for_output(self, pattern: str, timeout: float = 15.0, after: int = 0) -> re.Match[str]:
+        """Block until a line matching `pattern` has been printed (bounded); `after`: only
+        lines after the first `after` count (see `printed`)."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        checked = 0
+        checked = after
         while True:
             self.drain()
             for line in self.lines[checked:]:

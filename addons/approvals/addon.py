@@ -15,6 +15,7 @@ from mitmproxy import connection, http
 from holdgate.approvals.desk import ApprovalDesk, Channel, HoldSpec
 from holdgate.approvals.hold import Hold, request_digest
 from holdgate.approvals.page import ApprovalsPage, LocalReviewer
+from holdgate.approvals.shared_holds import SharedHolds
 from holdgate.config.gateway_config import ApprovalSettings, Config
 from holdgate.config.state_files import admin_token, admin_token_path
 from holdgate.masking.masks import MaskSet, mask_request_body
@@ -22,6 +23,7 @@ from holdgate.masking.responses import kind_hint
 from holdgate.metrics import GatewayMetrics
 from holdgate.policy.rules import Decision
 from holdgate.request.facts import RequestFacts
+from holdgate.state.postgres import ReplicaNameTaken, StateStore
 
 log = logging.getLogger("holdgate")
 
@@ -49,6 +51,8 @@ class Approvals:
         self.desk_url = ""
         self.port_override = -1
         self.slack_settings: Any = None
+        # Holds shared with the other replicas through this store (None: this process only).
+        self.state: StateStore | None = None
         # Held flows whose answer is not sent yet (waited for at stop).
         self._answering: set[str] = set()
         self._answered = asyncio.Event()
@@ -73,7 +77,12 @@ class Approvals:
                 )
             self.slack_settings = settings
         if self.desk is None:
-            self.desk = ApprovalDesk()
+            shared = SharedHolds(self.state) if self.state is not None else None
+            self.desk = ApprovalDesk(shared=shared)
+            if self.state is not None:
+                self.state.listeners.append(self.desk.heard)
+                self.state.on_connected.append(self.desk.reload)
+                self.state.on_tick.append(self.desk.sweep)
             self.desk.on_decided.append(self._count)
             self.metrics.count_pending(lambda: len(self.desk.pending()) if self.desk else 0)
 
@@ -90,6 +99,14 @@ class Approvals:
             return
         settings = self.config.approvals
         assert settings is not None
+        if self.state is not None:
+            state = self.state
+            self.metrics.watch_state_store(lambda: state.up)
+            try:
+                await state.start()
+            except ReplicaNameTaken as e:
+                log.error("holdgate: %s", e)
+                raise SystemExit(2) from e
         if settings.page_host is not None:
             await self._start_page(settings)
         if self.slack_settings is not None:
@@ -106,6 +123,8 @@ class Approvals:
     async def channel_problems(self) -> str:
         """Why a configured approval channel cannot take decisions now ("" when all can)."""
         problems = []
+        if self.state is not None and not self.state.up:
+            problems.append(f"state store: {self.state.problem}")
         for channel in self.channels:
             health = getattr(channel, "health", None)
             if health is not None and (why := await health()):
@@ -151,6 +170,8 @@ class Approvals:
         if self.page is not None:
             await self.page.stop()
             self.page = None
+        if self.state is not None:
+            await self.state.stop()
 
     async def _answers_sent(self, timeout: float) -> None:
         """Wait (bounded) until every decided held flow has had its response sent."""
@@ -269,14 +290,14 @@ class Approvals:
         del self._connect_answers[key]  # one retry, once
         return entry[2]
 
-    def window_covers(self, flow: http.HTTPFlow, facts: RequestFacts) -> str | None:
+    async def window_covers(self, flow: http.HTTPFlow, facts: RequestFacts) -> str | None:
         """The hold whose approval window covers this identical request, if any."""
         if self.desk is None:
             return None
         request = flow.request
         digest = request_digest(request.method, request.pretty_url, request.raw_content or b"")
         agent = facts.identity.agent if facts.identity else ""
-        return self.desk.window_covers(agent, digest)
+        return await self.desk.window_covers(agent, digest)
 
 
 def _connect_key(facts: RequestFacts, agent: str) -> tuple[Any, ...] | None:

@@ -3,6 +3,13 @@
 Channels (the local approvals page, Slack) announce holds and submit reviews; the first
 decision wins whichever channel it came from, and every channel is told the outcome. A channel
 that fails is logged and ignored: holds still expire into denial, nothing is approved by default.
+
+With a shared state store (`shared`), every change of a hold is a transaction there and the
+desk's `holds` mirror every replica's pending holds: a review arriving at any replica decides,
+and the replica holding the request hears of it (LISTEN/NOTIFY) and answers its client. The
+replica that makes a change tells the channels; the others only update their mirror and page.
+The store unreachable: new holds are refused at once and reviews are not recorded, so nothing
+is approved; holds already waiting expire into denial.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from typing import Any, Protocol
 
 from holdgate.approvals import hold as hold_state
 from holdgate.approvals.hold import Hold, HoldState, Outcome, Review, Reviewer
+from holdgate.approvals.shared_holds import SharedHolds
+from holdgate.state.postgres import StateUnavailable
 
 log = logging.getLogger("holdgate")
 
@@ -65,8 +74,11 @@ class Event:
 class ApprovalDesk:
     """All pending holds of one gateway, and the approval windows they granted."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, shared: SharedHolds | None = None
+    ) -> None:
         self.clock = clock
+        self.shared = shared
         self.holds: dict[str, Hold] = {}
         self.channels: list[Channel] = []
         self._futures: dict[str, asyncio.Future[Hold]] = {}
@@ -79,8 +91,14 @@ class ApprovalDesk:
 
     # --- holding -------------------------------------------------------------------------
 
-    def window_covers(self, agent: str, digest: str) -> str | None:
-        """The hold id whose approval window covers this identical request, if any."""
+    async def window_covers(self, agent: str, digest: str) -> str | None:
+        """The hold id whose approval window covers this identical request, if any (none
+        while a shared store is unreachable)."""
+        if self.shared is not None:
+            try:
+                return await self.shared.window(agent, digest, self.clock())
+            except StateUnavailable:
+                return None
         entry = self._windows.get((agent, digest))
         if entry is None:
             return None
@@ -117,6 +135,17 @@ class ApprovalDesk:
             window=spec.window,
             escalate_after=spec.escalate_after,
         )
+        if self.shared is not None:
+            try:
+                await self.shared.add(hold)
+            except StateUnavailable as e:
+                log.error("hold refused: %s", e)
+                return hold_state.cancel(
+                    hold,
+                    f"the approvals database is unreachable ({e}); nothing can be approved "
+                    "until it is back",
+                    now,
+                )
         future: asyncio.Future[Hold] = asyncio.get_running_loop().create_future()
         self.holds[hold.id] = hold
         self._futures[hold.id] = future
@@ -130,43 +159,79 @@ class ApprovalDesk:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=spec.timeout)
         except TimeoutError:
-            current = self.holds.get(hold.id, hold)
-            if current.state.final:
-                return current
-            final = hold_state.expire(current, self.clock())
-            await self._finish(final, None)
-            return final
+            if future.done():
+                return future.result()
+            return await self._close(hold, lambda h: hold_state.expire(h, self.clock()))
         except asyncio.CancelledError:
-            current = self.holds.get(hold.id, hold)
-            await self._finish(
-                hold_state.cancel(current, "the gateway is stopping", self.clock()), None
-            )
+            if not future.done():
+                await self._close(
+                    hold, lambda h: hold_state.cancel(h, "the gateway is stopping", self.clock())
+                )
             raise
         finally:
             if escalation is not None:
                 escalation.cancel()
             self._forget(hold.id, client_id)
 
+    async def _close(self, hold: Hold, step: Callable[[Hold], Hold]) -> Hold:
+        """Expire or cancel a pending hold; a decision made meanwhile (elsewhere) stands."""
+        try:
+            before, after, _ = await self._apply(hold.id, lambda h: (step(h), None))
+        except StateUnavailable as e:
+            log.error("hold %s closed here only: %s", hold.id, e)
+            before, after = hold, step(self.holds.get(hold.id, hold))
+        if after is None:
+            after = step(self.holds.get(hold.id, hold))
+        if before is not None and not before.state.final and after.state.final:
+            await self._finish(after, None)
+        else:
+            self._settle(after)
+        return after
+
+    async def _apply(
+        self, hold_id: str, step: Callable[[Hold], tuple[Hold, Any]], channel: str = ""
+    ) -> tuple[Hold | None, Hold | None, Any]:
+        """Apply one transition, here or in the shared store (StateUnavailable: not applied)."""
+        if self.shared is not None:
+            return await self.shared.change(hold_id, step, channel)
+        before = self.holds.get(hold_id)
+        if before is None:
+            return None, None, None
+        after, said = step(before)
+        return before, after, said
+
     async def _escalate_later(self, hold_id: str, delay: float) -> None:
         await asyncio.sleep(delay)
         hold = self.holds.get(hold_id)
         if hold is None or not hold.escalation_due(self.clock()):
             return
-        hold = hold_state.escalate(hold)
-        self.holds[hold_id] = hold
+        try:
+            before, after, _ = await self._apply(hold_id, lambda h: (hold_state.escalate(h), None))
+        except StateUnavailable as e:
+            log.error("hold %s not escalated: %s", hold_id, e)
+            return
+        if before is None or after is None or before.escalated or not after.escalated:
+            return
+        self.holds[hold_id] = after
         log.info("hold %s escalated after %.0fs without a decision", hold_id, delay)
-        self._publish(Event("escalated", hold))
-        await self._tell_channels("escalate", hold)
+        self._publish(Event("escalated", after))
+        await self._tell_channels("escalate", after)
 
     async def submit(
         self, hold_id: str, reviewer: Reviewer, approve: bool, reason: str = ""
     ) -> tuple[Hold | None, Outcome]:
         """A reviewer's decision from any channel; the first decision wins."""
-        hold = self.holds.get(hold_id)
-        if hold is None:
+        now = self.clock()
+        try:
+            before, new, outcome = await self._apply(
+                hold_id, lambda h: hold_state.review(h, reviewer, approve, reason, now)
+            )
+        except StateUnavailable as e:
+            log.error("hold %s: review by %s not recorded: %s", hold_id, reviewer.id, e)
+            return self.find(hold_id), Outcome.UNAVAILABLE
+        if before is None or new is None:
             recent = next((h for h in self._recent if h.id == hold_id), None)
             return recent, Outcome.ALREADY_DECIDED
-        new, outcome = hold_state.review(hold, reviewer, approve, reason, self.clock())
         log.info(
             "hold %s: %s %s by %s: %s",
             hold_id,
@@ -183,36 +248,102 @@ class ApprovalDesk:
                 self.holds[hold_id] = new
                 self._publish(Event("updated", new))
                 await self._tell_channels("update", new, counted)
-        elif new.state.final and not hold.state.final:
+        elif new.state.final and not before.state.final:
             await self._finish(new, None)  # it expired just now
         return new, outcome
 
     def cancel_client(self, client_id: str, why: str) -> None:
         """Cancel every pending hold of a client that went away."""
+        loop = asyncio.get_running_loop()
         for hold_id in list(self._clients.pop(client_id, ())):
             hold = self.holds.get(hold_id)
             if hold is not None and not hold.state.final:
-                final = hold_state.cancel(hold, why, self.clock())
-                asyncio.get_running_loop().create_task(self._finish(final, None))
+                loop.create_task(
+                    self._close(hold, lambda h: hold_state.cancel(h, why, self.clock()))
+                )
 
     async def cancel_all(self, why: str) -> None:
-        """Cancel every pending hold (the gateway is stopping); channels are told."""
-        for hold in self.pending():
-            await self._finish(hold_state.cancel(hold, why, self.clock()), None)
+        """Cancel every pending hold of this gateway (it is stopping); channels are told."""
+        for hold_id in list(self._futures):
+            hold = self.holds.get(hold_id)
+            if hold is not None and not hold.state.final:
+                await self._close(hold, lambda h: hold_state.cancel(h, why, self.clock()))
 
     async def _finish(self, hold: Hold, review: Review | None) -> None:
+        """A decision made here: settle it, grant its window, count it, tell every channel."""
+        if self.shared is None and hold.state is HoldState.APPROVED and hold.window > 0:
+            self._windows[(hold.agent, hold.digest)] = (self.clock() + hold.window, hold.id)
+        self._settle(hold)
+        for callback in self.on_decided:
+            with contextlib.suppress(Exception):
+                callback(hold)
+        await self._tell_channels("update", hold, review)
+
+    def _settle(self, hold: Hold) -> None:
+        """A decided hold, wherever it was decided: answer its waiting request if it is held
+        here, remember it for the page, and tell the page's browsers."""
+        known = self.holds.get(hold.id)
+        if known is not None and known.state.final and known.state is hold.state:
+            return  # already settled (this replica's own change, heard back)
         self.holds[hold.id] = hold
         future = self._futures.get(hold.id)
         if future is not None and not future.done():
             future.set_result(hold)
-        if hold.state is HoldState.APPROVED and hold.window > 0:
-            self._windows[(hold.agent, hold.digest)] = (self.clock() + hold.window, hold.id)
-        self._recent = [hold, *self._recent[:99]]
-        for callback in self.on_decided:
-            with contextlib.suppress(Exception):
-                callback(hold)
+        elif future is None:
+            self.holds.pop(hold.id, None)  # another replica's hold: not ours to keep
+        self._recent = [hold, *[h for h in self._recent if h.id != hold.id][:99]]
         self._publish(Event("updated", hold))
-        await self._tell_channels("update", hold, review)
+
+    # --- shared state: what other replicas changed ------------------------------------------
+
+    async def heard(self, hold_id: str) -> None:
+        """A hold changed in the shared store (by any replica): mirror it."""
+        assert self.shared is not None
+        found = await self.shared.get(hold_id)
+        if found is None:
+            return
+        hold, _ = found
+        if hold.state.final:
+            self._settle(hold)
+            return
+        known = self.holds.get(hold_id)
+        if known == hold:
+            return
+        self.holds[hold_id] = hold
+        self._publish(Event("created" if known is None else "updated", hold))
+
+    async def reload(self) -> None:
+        """After (re)connecting to the shared store: mirror every pending hold anew, and settle
+        this replica's waiting requests whose holds were decided meanwhile."""
+        assert self.shared is not None
+        pending = {h.id: h for h in await self.shared.pending()}
+        for hold_id in list(self._futures):
+            if hold_id in pending:
+                continue
+            found = await self.shared.get(hold_id)
+            if found is not None:
+                self._settle(found[0])
+        for hold_id in [i for i in self.holds if i not in pending and i not in self._futures]:
+            del self.holds[hold_id]
+        self.holds.update(pending)
+        if not self._recent:
+            self._recent = await self.shared.recent()
+
+    async def sweep(self) -> None:
+        """Close pending holds no live replica holds, or long past their expiry."""
+        assert self.shared is not None
+        now = self.clock()
+        for hold_id, why in await self.shared.orphans(now):
+            if hold_id in self._futures:
+                continue  # ours: our own timer closes it
+
+            def close(h: Hold, why: str = why) -> tuple[Hold, None]:
+                return (hold_state.cancel(h, why, now) if why else hold_state.expire(h, now)), None
+
+            before, after, _ = await self.shared.change(hold_id, close)
+            if before is not None and after is not None and not before.state.final:
+                log.info("hold %s closed: %s", hold_id, after.reason)
+                await self._finish(after, None)
 
     def _forget(self, hold_id: str, client_id: str) -> None:
         self.holds.pop(hold_id, None)

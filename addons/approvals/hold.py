@@ -36,6 +36,7 @@ class Outcome(StrEnum):
     SELF_APPROVAL = "self_approval"  # the agent's owner reviewing the agent's own request
     ALREADY_DECIDED = "already_decided"  # too late: the hold is final
     REASON_REQUIRED = "reason_required"  # a denial must say why
+    UNAVAILABLE = "unavailable"  # the shared state store is unreachable: nothing recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,39 @@ class Review:
             "reason": self.reason,
             "at": self.at,
         }
+
+
+def hold_from_dict(data: dict[str, Any]) -> Hold:
+    """A hold back from `Hold.as_dict()` (shared state); reviewers' groups are not kept."""
+    reviews = tuple(
+        Review(
+            Reviewer(str(r["reviewer"]), str(r.get("name") or "")),
+            bool(r["approve"]),
+            str(r.get("reason") or ""),
+            float(r["at"]),
+        )
+        for r in data.get("reviews") or ()
+    )
+    return Hold(
+        id=str(data["id"]),
+        digest=str(data["digest"]),
+        agent=str(data["agent"]),
+        owner=str(data.get("owner") or ""),
+        rule_id=str(data["rule"]),
+        reviewers=frozenset(data.get("reviewers") or ()),
+        required=int(data["required"]),
+        created_at=float(data["created_at"]),
+        expires_at=float(data["expires_at"]),
+        summary=dict(data.get("request") or {}),
+        rule_description=str(data.get("rule_description") or ""),
+        window=float(data.get("window_seconds") or 0.0),
+        escalate_after=data.get("escalate_after"),
+        state=HoldState(data["state"]),
+        reviews=reviews,
+        escalated=bool(data.get("escalated")),
+        decided_at=data.get("decided_at"),
+        reason=str(data.get("reason") or ""),
+    )
 
 
 def request_digest(method: str, url: str, body: bytes) -> str:
@@ -154,6 +188,7 @@ class Hold:
             "decided_at": self.decided_at,
             "waited_seconds": round(self.waited, 3),
             "escalated": self.escalated,
+            "escalate_after": self.escalate_after,
             "window_seconds": self.window,
             "reason": self.reason,
             "digest": self.digest,

@@ -37,6 +37,7 @@ _STATUS = {
     Outcome.SELF_APPROVAL: 403,
     Outcome.ALREADY_DECIDED: 409,
     Outcome.REASON_REQUIRED: 400,
+    Outcome.UNAVAILABLE: 503,
 }
 
 
@@ -185,6 +186,10 @@ class ApprovalsPage(Served):
                 if isinstance(body, dict):
                     reason = str(body.get("reason", ""))[:2000]
         hold, outcome = await self.desk.submit(request.match_info["id"], reviewer, approve, reason)
+        if outcome is Outcome.UNAVAILABLE:
+            return web.json_response(
+                {"outcome": str(outcome), "message": _explain(outcome, hold)}, status=503
+            )
         if hold is None:
             raise web.HTTPNotFound(
                 text=json.dumps({"error": "no such hold"}), content_type="application/json"
@@ -228,7 +233,9 @@ class ApprovalsPage(Served):
         return metrics_response(self.registry)
 
 
-def _explain(outcome: Outcome, hold: Hold) -> str:
+def _explain(outcome: Outcome, hold: Hold | None) -> str:
+    if hold is None:
+        return _UNAVAILABLE
     return {
         Outcome.RECORDED: f"approval recorded: {len(hold.approvals)} of {hold.required}",
         Outcome.DECIDED: hold.reason,
@@ -237,4 +244,10 @@ def _explain(outcome: Outcome, hold: Hold) -> str:
         Outcome.SELF_APPROVAL: "the agent's owner cannot approve the agent's own request",
         Outcome.ALREADY_DECIDED: f"already decided: {hold.state} ({hold.reason})",
         Outcome.REASON_REQUIRED: "a denial needs a reason",
+        Outcome.UNAVAILABLE: _UNAVAILABLE,
     }[outcome]
+
+
+_UNAVAILABLE = (
+    "the approvals database is unreachable: nothing was recorded; try again once it is back"
+)

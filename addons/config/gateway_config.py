@@ -5,7 +5,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import shutil
+import socket
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
@@ -190,6 +192,21 @@ class Config:
         return files
 
 
+NAME_ENV = "HOLDGATE_GATEWAY_NAME"
+
+
+def replica_name(shared: bool) -> str:
+    """The gateway's name when the config gives none: $HOLDGATE_GATEWAY_NAME, else for replicas
+    sharing a state store the host name (a pod's name), else "holdgate"."""
+    if name := os.environ.get(NAME_ENV, "").strip():
+        return name
+    if not shared:
+        return "holdgate"
+    host = socket.gethostname().split(".")[0]
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", host).lstrip("._-")
+    return cleaned or "holdgate"
+
+
 @cache
 def schema(name: str) -> dict[str, Any]:
     """A published JSON Schema (rules or config)."""
@@ -331,7 +348,7 @@ def load_config(path: Path | None = None) -> Config:
         raise SourceErrors(errors)
     return Config(
         path=path,
-        name=gateway.get("name", "holdgate"),
+        name=gateway.get("name") or replica_name(shared="state_store" in data),
         listen_host=gateway.get("listen_host", "127.0.0.1"),
         listen_port=gateway.get("listen_port", 8080),
         certs_dir=resolve(gateway.get("certs", str(holdgate_home() / "certs"))),

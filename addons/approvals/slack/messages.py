@@ -376,6 +376,11 @@ def outcome_notice(hold: Hold | None, outcome: Outcome, reviewer: Reviewer) -> s
         return f"Too late: {what} is already {label.lower()} ({escape(hold.reason)})."
     if outcome is Outcome.REASON_REQUIRED:
         return "A denial needs a reason: the agent and the audit log show it."
+    if outcome is Outcome.UNAVAILABLE:
+        return (
+            "The gateway's approvals database is unreachable: your review of "
+            f"{what} was not recorded. Try again once it is back."
+        )
     return f"Your review of {what} was recorded."
 
 
