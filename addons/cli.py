@@ -127,6 +127,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from holdgate.policy.access_review import decide_review, self_review
     from holdgate.policy.rule_tests import decide_url
     from holdgate.policy.rules import load_policy
     from holdgate.request.flow_filter import compile_filter
@@ -163,7 +164,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID
-    info = facts.as_dict()  # type: ignore[attr-defined]
+    if review := self_review(facts):
+        decision, answered = decide_review(loaded.policy, config, facts, review)
+    info = facts.as_dict()
     out = {
         "target": info["target"],
         "method": info["method"],
@@ -181,6 +184,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         out["would"] = str(decision.would.action)
     if info.get("problem"):
         out["problem"] = info["problem"]
+    if review:  # `kubectl auth can-i`: what the gateway answers for this agent
+        out["access_review"] = {k: v for k, v in answered.items() if k != "spec"}
     print(json.dumps(out, indent=2))
     # As `kubectl auth can-i`: 0 when allowed; a denial 1, a hold for approval 3 (2: bad input).
     return {"allow": 0, "deny": 1}.get(str(decision.action), EXIT_HELD)

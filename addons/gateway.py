@@ -40,7 +40,6 @@ from holdgate.identity.agents import Identity
 from holdgate.identity.proxy_auth import ProxyAuth
 from holdgate.identity.upstream_credentials import CredentialUnavailable
 from holdgate.json_logs import use_json
-from holdgate.kube.request_info import unread_reason
 from holdgate.ledger.ownership import Ownership
 from holdgate.ledger.reaping import proxy_url_file
 from holdgate.listening import busy_listener
@@ -55,7 +54,7 @@ from holdgate.operations import (
 )
 from holdgate.policy.access_review import (
     RULES_REVIEWS,
-    answer_access,
+    decide_review,
     filter_rules,
     self_review,
     with_note,
@@ -519,23 +518,9 @@ class Gateway:
             await self._hold(flow, facts, decision)
 
     def _review_decision(self, facts: RequestFacts, review: str) -> tuple[Decision, dict[str, Any]]:
-        """A self-review (`kubectl auth can-i`): passed, and answered from the policy for the
-        agent here or, where the gateway would allow, upstream (policy/access_review.py)."""
+        """A self-review (`kubectl auth can-i`), answered from the policy for the agent."""
         assert self.loaded is not None and self.config is not None
-        body = facts.body
-        spec = body.document.get("spec") if body is not None and body.document else None
-        if not isinstance(spec, dict):
-            why = unread_reason(body) or "the review has no spec"
-            return Decision(Action.DENY, None, f"refused: {review}: {why}"), {"kind": review}
-        if review == RULES_REVIEWS:
-            reason = "rules review: the upstream's rules, less what the gateway does not allow"
-            return Decision(Action.ALLOW, None, reason), {"kind": review, "spec": spec}
-        answer = answer_access(self.loaded.policy, self.config, facts, spec)
-        if answer.status is None:
-            reason = "access review: the gateway allows the asked request; the upstream answers"
-        else:
-            reason = f"access review answered by the gateway: {answer.status['reason']}"
-        return Decision(Action.ALLOW, None, reason), {**answer.as_dict(), "spec": spec}
+        return decide_review(self.loaded.policy, self.config, facts, review)
 
     def _answer_review(
         self, flow: http.HTTPFlow, facts: RequestFacts, answer: dict[str, Any]

@@ -341,3 +341,37 @@ def test_local_reviewers_cannot_approve_without_the_page(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "no reviewer of this rule can ever approve" in result.stderr
     assert "the approvals page is off" in result.stderr
+
+
+def test_explain_shows_what_a_self_review_is_answered(tmp_path: Path) -> None:
+    """`kubectl auth can-i` as explain sees it: the review passes, the answer is the gateway's."""
+    review = tmp_path / "review.json"
+    review.write_text(
+        json.dumps(
+            {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {
+                    "resourceAttributes": {
+                        "verb": "get",
+                        "resource": "secrets",
+                        "namespace": "prod",
+                    }
+                },
+            }
+        )
+    )
+    url = "https://kubernetes.default.svc/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+    result = run("explain", "POST", url, "--body", str(review))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["action"] == "allow" and out["rule"] is None
+    answer = out["access_review"]
+    assert answer["answered_by"] == "gateway"
+    assert answer["status"] == {
+        "allowed": False,
+        "denied": True,
+        "reason": "holdgate: denied by rule deny-prod-secret-reads: secrets in production "
+        "namespaces are off limits to agents",
+    }
+    assert answer["asked"]["resource"] == "secrets" and answer["decision"]["action"] == "deny"

@@ -424,6 +424,8 @@ def _policy_notes(
         notes["rules_decided"] = _brief_decision(decision["rules_decided"])
     if holdgate.get("followup_of"):
         notes["followup_of"] = holdgate["followup_of"]
+    if review := (holdgate.get("access_review") or {}).get("kind"):
+        notes["review"] = review  # `kubectl auth can-i`: answered by the gateway, never a rule's
     if hold:
         notes["hold"] = {
             key: hold[key]

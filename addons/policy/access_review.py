@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 from holdgate.config.gateway_config import Config
-from holdgate.kube.request_info import BodyObject, KubeRequest
+from holdgate.kube.request_info import BodyObject, KubeRequest, unread_reason
 from holdgate.policy.rules import Action, Decision, Policy, Rule
 from holdgate.request.facts import RequestFacts
 
@@ -86,6 +86,27 @@ class AccessAnswer:
         if self.note:
             out["note"] = self.note
         return out
+
+
+def decide_review(
+    policy: Policy, config: Config, facts: RequestFacts, review: str
+) -> tuple[Decision, dict[str, Any]]:
+    """The decision for a self-review request itself (it passes: the gateway answers it, here
+    or by asking the upstream), and what the gateway answered, for the record."""
+    body = facts.body
+    spec = body.document.get("spec") if body is not None and body.document else None
+    if not isinstance(spec, dict):
+        why = unread_reason(body) or "the review has no spec"
+        return Decision(Action.DENY, None, f"refused: {review}: {why}"), {"kind": review}
+    if review == RULES_REVIEWS:
+        reason = "rules review: the upstream's rules, less what the gateway does not allow"
+        return Decision(Action.ALLOW, None, reason), {"kind": review, "spec": spec}
+    answer = answer_access(policy, config, facts, spec)
+    if answer.status is None:
+        reason = "access review: the gateway allows the asked request; the upstream answers"
+    else:
+        reason = f"access review answered by the gateway: {answer.status['reason']}"
+    return Decision(Action.ALLOW, None, reason), {**answer.as_dict(), "spec": spec}
 
 
 def asked_request(spec: Mapping[str, Any]) -> KubeRequest | str:

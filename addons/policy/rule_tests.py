@@ -11,7 +11,7 @@ from holdgate.config.gateway_config import Config
 from holdgate.config.yaml_source import SourceError, SourceErrors
 from holdgate.identity.agents import Identity
 from holdgate.policy.rules import Decision, LoadedPolicy, RuleTest, load_policy
-from holdgate.request.facts import build_facts
+from holdgate.request.facts import RequestFacts, build_facts
 from holdgate.request.flow_filter import make_flow
 
 
@@ -44,7 +44,7 @@ def decide_url(
     body: bytes = b"",
     content_type: str = "",
     identity: Identity | None = None,
-) -> tuple[Decision, object]:
+) -> tuple[Decision, RequestFacts]:
     """Classify and decide one request given as METHOD URL, as the gateway would."""
     parts = urlsplit(url)
     headers = {"content-type": content_type} if content_type else {}

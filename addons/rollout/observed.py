@@ -115,6 +115,7 @@ class Observed:
     followup_of: str | None
     problem: bool
     impersonates: bool
+    review: bool  # a self-review (`kubectl auth can-i`): the gateway answers it, not a rule
     unindexed: bool
 
     @classmethod
@@ -153,6 +154,7 @@ class Observed:
             followup_of=entry.get("followup_of"),
             problem=bool(entry.get("problem")),
             impersonates=bool(entry.get("impersonates")),
+            review=bool(entry.get("review")),
             unindexed="error" in entry and "url" not in entry,
         )
 
@@ -181,7 +183,13 @@ class Observed:
         if decided.by_default:
             return True
         # Older lines do not say; a rule-less decision that no refusal explains is the default.
-        return not (self.problem or self.impersonates or self.followup_of or self.rules_decided)
+        return not (
+            self.problem
+            or self.impersonates
+            or self.followup_of
+            or self.rules_decided
+            or self.review
+        )
 
     @property
     def kind(self) -> Kind:

@@ -84,3 +84,21 @@ def test_older_lines_are_read() -> None:
         {**old, "verb": "get", "resource": None, "url": "https://k/version"}
     ).kind is (Kind.NONRESOURCE)
     assert Observed.of({"id": "x", "error": "unindexable"}).unindexed
+
+
+def test_self_reviews_are_never_taken_for_the_default() -> None:
+    """`kubectl auth can-i` is answered by the gateway: no rule, and not a target's default."""
+    facts = {
+        "target": "cluster",
+        "kubernetes": {"resource_request": True, "verb": "create", "api_group":
+                       "authorization.k8s.io", "resource": "selfsubjectaccessreviews"},
+        "identity": {"agent": "ci-bot", "groups": []},
+    }  # fmt: skip
+    decision = {"action": "allow", "rule": None, "reason": "access review answered by the gateway"}
+    review = {"kind": "selfsubjectaccessreviews", "answered_by": "gateway"}
+    state = {"request": facts, "decision": decision, "access_review": review}
+    entry = index_entry(_state(state), "gw")
+    assert entry["review"] == "selfsubjectaccessreviews"
+    assert not Observed.of(json.loads(json.dumps(entry))).fell_to_default
+    del entry["review"]  # what the same flow looked like before: inferred as the default
+    assert Observed.of(entry).fell_to_default
