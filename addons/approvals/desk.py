@@ -362,6 +362,26 @@ class ApprovalDesk:
                     "approval channel %s failed to %s hold %s: %s", channel.name, method, hold.id, e
                 )
 
+    # --- where channels put a hold -------------------------------------------------------------
+
+    async def remember_message(self, hold_id: str, ref: dict[str, str]) -> None:
+        """Keep a channel's message reference for the other replicas (no-op without a store)."""
+        if self.shared is None:
+            return
+        try:
+            await self.shared.add_message_ref(hold_id, ref)
+        except StateUnavailable as e:
+            log.error("hold %s: its Slack message is known to this replica only: %s", hold_id, e)
+
+    async def message_refs(self, hold_id: str) -> list[dict[str, str]]:
+        """The channel messages other replicas posted for a hold ([] without a store)."""
+        if self.shared is None:
+            return []
+        try:
+            return await self.shared.message_refs(hold_id)
+        except StateUnavailable:
+            return []
+
     # --- what the page shows -------------------------------------------------------------
 
     def pending(self) -> list[Hold]:

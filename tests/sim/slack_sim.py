@@ -346,9 +346,15 @@ class SlackSimulator:
     # --- users acting --------------------------------------------------------------------
 
     async def click(
-        self, hold_id: str, user: str, action: str = "approve", channel: str | None = None
+        self,
+        hold_id: str,
+        user: str,
+        action: str = "approve",
+        channel: str | None = None,
+        connection: int | None = None,
     ) -> Delivery:
-        """A user clicks Approve or Deny on the hold's message (as it was when they saw it)."""
+        """A user clicks Approve or Deny on the hold's message (as it was when they saw it);
+        `connection`: deliver it to that Socket Mode connection (in the order they opened)."""
         message = await self.wait_for(
             lambda: self.message_for(hold_id, channel), what=f"a message for hold {hold_id}"
         )
@@ -408,7 +414,7 @@ class SlackSimulator:
                 }
             ],
         }
-        return await self.deliver(payload)
+        return await self.deliver(payload, connection=connection)
 
     async def submit_deny_reason(self, user: str, reason: str) -> Delivery:
         """The user types a reason into the modal the app opened for them and submits it."""
@@ -444,9 +450,14 @@ class SlackSimulator:
         return delivery
 
     async def deliver(
-        self, payload: dict[str, Any], accepts_response_payload: bool = False
+        self,
+        payload: dict[str, Any],
+        accepts_response_payload: bool = False,
+        connection: int | None = None,
     ) -> Delivery:
-        """Send an interaction to the app the way Slack would: Socket Mode or signed HTTP."""
+        """Send an interaction to the app the way Slack would: Socket Mode (to the newest open
+        connection, or the `connection`-th one opened: Slack picks any of an app's) or signed
+        HTTP."""
         envelope_id = secrets.token_hex(8)
         delivery = Delivery(envelope_id, payload, next(self._seq), time.monotonic(), via="socket")
         self.deliveries[envelope_id] = delivery
@@ -460,10 +471,15 @@ class SlackSimulator:
                 delivery.ack_payload = json.loads(post.text)
             self._changed()
             return delivery
-        ws = await self.wait_for(
-            lambda: next((s for s in reversed(self.sockets) if not s.closed), None),
-            what="a Socket Mode connection",
-        )
+        if connection is not None:
+            ws = self.sockets[connection]
+            if ws.closed:
+                raise AssertionError(f"Socket Mode connection {connection} is closed")
+        else:
+            ws = await self.wait_for(
+                lambda: next((s for s in reversed(self.sockets) if not s.closed), None),
+                what="a Socket Mode connection",
+            )
         await ws.send_json(
             {
                 "envelope_id": envelope_id,

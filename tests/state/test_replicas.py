@@ -24,7 +24,7 @@ from tests.conftest import (
     start_gateway,
     write_agent_kubeconfig,
 )
-from tests.state.postgres import PostgresServer, running_postgres, unavailable
+from tests.state.postgres import PostgresServer, unavailable
 
 pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "")
 
@@ -61,21 +61,38 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    with running_postgres() as server:
-        yield server
+def state_store(pg: PostgresServer) -> tuple[dict[str, object], dict[str, str]]:
+    """The `state_store` section replicas share, and the environment with its password."""
+    return {"url": pg.url, "lease_seconds": LEASE}, {"HOLDGATE_STATE_STORE_PASSWORD": pg.password}
 
 
 def start_replica(
-    home: Path, name: str, simulator: KubeSimulator, pg: PostgresServer, certs: Path
+    home: Path,
+    name: str,
+    pg: PostgresServer,
+    certs: Path,
+    config: dict[str, object],
+    rules: str,
+    env: dict[str, str] | None = None,
 ) -> GatewayProcess:
-    """A gateway replica sharing the state store and the CA (`certs`) with the others."""
+    """A gateway replica named `name`: `config` plus the state store and the CA (`certs`)
+    every replica shares."""
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "certs").exists():
         (home / "certs").symlink_to(certs, target_is_directory=True)
-    config = {
+    full: dict[str, object] = {
         "gateway": {"name": name, "certs": str(home / "certs"), "state": str(home / "var")},
+        **config,
+    }
+    full["state_store"], store_env = state_store(pg)
+    gateway = start_gateway(home, full, {"r.yaml": rules}, env={**store_env, **(env or {})})
+    gateway.wait_for_output(r"state store .* connected \(replica " + name)
+    return gateway
+
+
+def page_config(simulator: KubeSimulator) -> dict[str, object]:
+    """The cluster and an approvals page with two local reviewers."""
+    return {
         "targets": [kube_target(simulator)],
         "approvals": {
             "page": {"listen_host": "127.0.0.1", "listen_port": 0},
@@ -84,12 +101,7 @@ def start_replica(
                 "bob": {"token_sha256": _digest(BOB)},
             },
         },
-        "state_store": {"url": pg.url, "lease_seconds": LEASE},
     }
-    env = {"HOLDGATE_STATE_STORE_PASSWORD": pg.password}
-    gateway = start_gateway(home, config, {"r.yaml": RULES}, env=env)
-    gateway.wait_for_output(r"state store .* connected \(replica " + name)
-    return gateway
 
 
 @pytest.fixture
@@ -98,8 +110,9 @@ def replicas(
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     certs = tmp_path / "certs"
     certs.mkdir()
-    a = start_replica(tmp_path / "a", "replica-a", simulator, postgres, certs)
-    b = start_replica(tmp_path / "b", "replica-b", simulator, postgres, certs)
+    config = page_config(simulator)
+    a = start_replica(tmp_path / "a", "replica-a", postgres, certs, config, RULES)
+    b = start_replica(tmp_path / "b", "replica-b", postgres, certs, config, RULES)
     simulator.clear_requests()
     try:
         yield a, b

@@ -243,12 +243,29 @@ class SlackChannel:
             hold.id,
         )
         if response is not None:
-            self._posted[hold.id] = _Posted([MessageRef(response["channel"], response["ts"])])
+            ref = MessageRef(response["channel"], response["ts"])
+            self._posted[hold.id] = _Posted([ref])
+            await self._remember(hold.id, ref)
             log.info("slack: hold %s posted to %s", hold.id, response["channel"])
+
+    async def _remember(self, hold_id: str, ref: MessageRef) -> None:
+        """Keep where a hold's message is for the other replicas (a click, an expiry or a
+        dead replica's hold may be handled by any of them)."""
+        if self._desk is not None:
+            await self._desk.remember_message(hold_id, {"channel": ref.channel, "ts": ref.ts})
+
+    async def _messages_of(self, hold_id: str) -> _Posted | None:
+        """The hold's messages: posted here, or (with a shared store) by another replica."""
+        posted = self._posted.get(hold_id)
+        if posted is None and self._desk is not None:
+            refs = await self._desk.message_refs(hold_id)
+            if refs:
+                posted = _Posted([MessageRef(r["channel"], r["ts"]) for r in refs])
+        return posted
 
     async def _update_hold(self, hold: Hold, review: Review | None) -> None:
         assert self.web is not None
-        posted = self._posted.get(hold.id)
+        posted = await self._messages_of(hold.id)
         if posted is None or posted.main is None:
             log.warning("slack: hold %s has no Slack message to update (its post failed)", hold.id)
             return
@@ -278,7 +295,7 @@ class SlackChannel:
 
     async def _escalate_hold(self, hold: Hold) -> None:
         assert self.web is not None
-        posted = self._posted.get(hold.id)
+        posted = await self._messages_of(hold.id)
         notify = self.settings.notify
         if posted is not None and posted.main is not None:
             main = posted.main
@@ -309,10 +326,10 @@ class SlackChannel:
                 hold.id,
             )
             if response is not None:
-                self._posted.setdefault(hold.id, _Posted()).refs.append(
-                    MessageRef(response["channel"], response["ts"])
-                )
+                ref = MessageRef(response["channel"], response["ts"])
+                self._posted.setdefault(hold.id, _Posted()).refs.append(ref)
                 log.info("slack: hold %s escalated to %s", hold.id, response["channel"])
+                await self._remember(hold.id, ref)
 
     async def _ephemeral(self, channel: str, user: str, text: str, hold_id: str) -> None:
         assert self.web is not None
