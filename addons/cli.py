@@ -93,6 +93,22 @@ def missing_secrets(config: Config) -> list[SourceError]:
     ]
 
 
+def state_store_errors(config: Config) -> list[SourceError]:
+    """What is wrong with `state_store` (a password in its URL, an unreadable password file)."""
+    import os
+
+    from holdgate.config.yaml_source import load_yaml
+    from holdgate.state.postgres import StateStoreSettings
+
+    try:
+        StateStoreSettings.from_config(
+            config.raw.get("state_store"), os.environ, config.path.parent
+        )
+    except ValueError as e:
+        return [load_yaml(config.path).error(("state_store",), str(e))]
+    return []
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from holdgate.policy.rule_tests import run_rule_tests
     from holdgate.policy.rules import load_policy
@@ -103,7 +119,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         loaded = load_policy(config.rule_files(), config, compile_filter)
     except (SourceError, SourceErrors) as e:
         return _print_errors(e)
-    failures: list[object] = [*missing_secrets(config), *run_rule_tests(config, loaded)]
+    failures: list[object] = [
+        *missing_secrets(config),
+        *state_store_errors(config),
+        *run_rule_tests(config, loaded),
+    ]
     for failure in failures:
         print(failure, file=sys.stderr)
     for warning in [*loaded.warnings, *runtime_warnings(config)]:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import write_home_config
+
 HOLDGATE = str(Path(sys.executable).parent / "holdgate")
 
 GOOD_RULE = """\
@@ -375,3 +377,16 @@ def test_explain_shows_what_a_self_review_is_answered(tmp_path: Path) -> None:
         "namespaces are off limits to agents",
     }
     assert answer["asked"]["resource"] == "secrets" and answer["decision"]["action"] == "deny"
+
+
+def test_check_refuses_a_database_password_in_the_configuration(tmp_path: Path) -> None:
+    config = write_home_config(
+        tmp_path,
+        "rules: []\n",
+        targets=[{"name": "api", "kind": "http", "hosts": ["api.test"]}],
+        state_store="postgresql://holdgate:hunter2-canary@db.example:5432/holdgate",
+    )
+    result = run("check", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}:" in result.stderr and "never in the configuration" in result.stderr
+    assert "hunter2-canary" not in result.stderr + result.stdout

@@ -72,13 +72,16 @@ def test_the_image_builds_where_a_container_engine_answers(tmp_path: Path) -> No
 def test_every_object_validates_against_the_kubernetes_schemas(overlay: str) -> None:
     objects = render(DEPLOY / "overlays" / overlay)
     kinds = {o["kind"] for o in objects}
-    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    assert {"Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
     for obj in objects:
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
             continue  # a CRD's kind: not in the Kubernetes schemas
         kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
-    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
-    pod = deployment["spec"]["template"]["spec"]
+    # The sandbox: one Deployment (holds in the process); production: replicas sharing holds.
+    workload_kind = "StatefulSet" if overlay == "production" else "Deployment"
+    [workload] = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    assert workload["kind"] == workload_kind
+    pod = workload["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -88,10 +91,16 @@ def test_every_object_validates_against_the_kubernetes_schemas(overlay: str) -> 
     assert container["resources"]["requests"]
     if overlay == "production":
         assert "ServiceMonitor" in kinds
-        [state] = [v for v in pod["volumes"] if v["name"] == "state"]
-        assert state == {"name": "state", "persistentVolumeClaim": {"claimName": "holdgate-state"}}
+        assert workload["spec"]["replicas"] == 3
+        [claim] = workload["spec"]["volumeClaimTemplates"]
+        assert claim["metadata"]["name"] == "state"  # each replica's own spool
+        assert all(v["name"] != "state" for v in pod["volumes"])
         secrets = [e["secretRef"]["name"] for e in container["envFrom"]]
         assert "holdgate-slack" in secrets
+        [password] = [e for e in container["env"] if e["name"] == "HOLDGATE_STATE_STORE_PASSWORD"]
+        assert password["valueFrom"]["secretKeyRef"]["name"] == "holdgate-postgres"
+        [budget] = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+        assert budget["spec"]["maxUnavailable"] == 1
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -123,6 +132,8 @@ def test_the_shipped_configuration_is_one_holdgate_accepts(overlay: str, tmp_pat
     assert check.returncode == 0, check.stdout + check.stderr
     if overlay == "production":
         assert config.approvals is not None and config.approvals.page_host is None  # Slack only
+        assert "name" not in raw["gateway"]  # each replica named after its pod
+        assert raw["state_store"]["url"].startswith("postgresql://holdgate@")
 
 
 def test_the_agents_egress_policy_renders() -> None:

@@ -201,8 +201,10 @@ def verify_archive(
         counts = Counter(p.kind for p in report.problems if p.kind != "pending")
         by_kind = f" ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})" if counts else ""
         signed = "signatures checked" if public is not None else "signatures not checked"
+        chains = f" of {len(report.gateways)} gateways ({', '.join(report.gateways)})"
         out.write(
-            f"{verdict}: {report.location}: {report.segments} segments, {report.flows} flows, "
+            f"{verdict}: {report.location}: {report.segments} segments"
+            f"{chains if len(report.gateways) > 1 else ''}, {report.flows} flows, "
             f"{progress.count} objects read ({_size(progress.bytes)}), {signed}, "
             f"{sum(counts.values())} problems{by_kind}\n"
         )

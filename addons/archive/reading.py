@@ -91,6 +91,7 @@ class VerifyReport:
     location: str
     segments: int = 0
     flows: int = 0
+    gateways: list[str] = field(default_factory=list)  # one chain each (replicas, workers)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -186,6 +187,7 @@ def verify(
         report.problems.append(Problem("extra", obj.key, "not an object holdgate wrote"))
     report.problems.extend(versioned_problems(backend, report))
     local = _local_state(spool)
+    report.gateways = catalog.gateways()
     for gateway in catalog.gateways():
         _verify_gateway(backend, catalog, gateway, local.get(gateway), report, progress, public)
     if public is None and any(Kind.SIGNATURE in s.objects for s in catalog.segments.values()):

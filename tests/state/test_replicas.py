@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from mitmproxy.io import FlowReader
 
 from holdgate.sandbox.kube_sim import KubeSimulator
 from tests.conftest import (
+    BIN,
     GatewayProcess,
     Page,
     kube_target,
@@ -282,3 +286,55 @@ def test_the_database_away_approves_nothing_and_allowed_traffic_goes_on(
         assert page.decide(hold["id"], True, BOB).status_code == 200
     thread.join(timeout=60)
     assert result and result[0].returncode == 0, result
+
+
+def test_each_replica_archives_its_own_chain_and_verify_covers_all(
+    tmp_path: Path, simulator: KubeSimulator, postgres: PostgresServer
+) -> None:
+    """One archive prefix, one chain per replica (by gateway name), one signing key shared."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    shared = {
+        "directory": str(tmp_path / "archive"),
+        "signing_key": str(tmp_path / "signing-key.pem"),
+        "rotate_seconds": 1,
+    }
+    config = {**page_config(simulator), "archive": shared}
+    replicas = [
+        start_replica(tmp_path / name, name, postgres, certs, config, RULES)
+        for name in ("replica-a", "replica-b")
+    ]
+    try:
+        for gateway in replicas:
+            agent = write_agent_kubeconfig(tmp_path / f"{gateway.port}.kubeconfig", gateway)
+            assert kubectl(agent, "get", "pods", "-n", "sandbox").returncode == 0
+    finally:
+        for gateway in replicas:
+            gateway.stop()  # a clean stop seals and uploads its last segment
+    names = {p.name.rsplit("-", 1)[0] for p in (tmp_path / "archive").rglob("*.manifest.json")}
+    assert names == {"replica-a", "replica-b"}
+    config_a = str(tmp_path / "replica-a" / "holdgate.yaml")
+    verify = subprocess.run(
+        [str(BIN / "holdgate"), "archive", "verify", "--config", config_a],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOLDGATE_STATE_STORE_PASSWORD": postgres.password},
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert re.search(r"\d+ segments of 2 gateways \(replica-a, replica-b\)", verify.stdout)
+    assert "signatures checked, 0 problems" in verify.stdout
+    out = tmp_path / "all.mitm"
+    replay = subprocess.run(
+        [str(BIN / "holdgate"), "replay", "--config", config_a, "--out", str(out), "--no-web"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replay.returncode == 0, replay.stderr
+    with out.open("rb") as f:
+        gateways = {
+            flow.metadata["holdgate"]["request"]["target"] for flow in FlowReader(f).stream()
+        }
+    assert gateways == {"cluster"}
+    assert "flows from" in replay.stdout
