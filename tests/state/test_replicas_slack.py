@@ -134,3 +134,33 @@ def test_a_dead_replica_s_hold_is_closed_in_slack(
     assert "Cancelled" in header(message)
     thread.join(timeout=60)
     assert result and result[0].returncode != 0
+
+
+def test_a_restarted_replica_takes_clicks_on_holds_it_never_saw(
+    tmp_path: Path,
+    replicas: tuple[GatewayProcess, GatewayProcess],
+    slack: SlackThread,
+    simulator: KubeSimulator,
+    postgres: PostgresServer,
+) -> None:
+    a, b = replicas
+    thread, result = create_secret(agent_kubeconfig(tmp_path / "agent", a), "before-restart")
+    hold_id, message = slack.held("before-restart")
+    b.stop()  # B goes away and comes back: it learns the pending holds from the database
+    config = gateway_config(simulator, slack.sim.base_url)
+    opened = slack.read(lambda: len(slack.sim.sockets))
+    again = start_replica(
+        tmp_path / "replica-b", "replica-b", postgres, tmp_path / "certs", config, RULES,
+        env=SLACK_ENV,
+    )  # fmt: skip
+    try:
+        again.wait_for_output(r"slack: Socket Mode connected")
+        slack.wait(lambda: len(slack.sim.sockets) > opened or None, "B's new connection")
+        slack.run(slack.sim.click(hold_id, "UALICE", connection=opened))
+        slack.settled(message, "Approved")
+        thread.join(timeout=60)
+        assert result and result[0].returncode == 0, result
+        again.wait_for_output(rf"hold {hold_id}: approve decided by slack:UALICE")
+    finally:
+        again.stop()
+        assert_no_tokens(again)

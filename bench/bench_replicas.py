@@ -1,0 +1,103 @@
+"""Replicas sharing holds in PostgreSQL: how fast a decision taken on one replica lets a request
+held by another through.
+
+A real PostgreSQL (initdb in a temporary directory, loopback), two `holdgate run` replicas with
+the same rules (bench/ruleset.py), one Socket Mode connection each to the tests' Slack
+simulator. Held requests go through replica A; each is approved on replica B: through B's
+approvals API (the clock runs from B's recorded decision, `decided_at`, to the request's
+arrival at the upstream from A), and with a Slack click delivered to B's Socket Mode
+connection (from B's acknowledgement of the click to the arrival). Both clocks are this host's.
+
+    .venv/bin/python bench/bench_replicas.py [--resumes 100] [--rules 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import rig  # noqa: E402
+import ruleset  # noqa: E402
+from bench_holds import SLACK_ENV, Page, SlackRig, print_resume, resume_latencies  # noqa: E402
+
+from tests.state.postgres import running_postgres, unavailable  # noqa: E402
+
+RESUME_GOAL_MS = 20.0
+
+
+def replica_home(
+    work: Path, name: str, rules: int, upstream: rig.Upstream, slack: SlackRig, store: dict
+) -> tuple[Path, Path]:
+    """A replica's home and config: the benchmark's rules, Slack, the shared state store."""
+    home = work / name
+    config = ruleset.write_gateway_home(
+        home,
+        rules,
+        ruleset.Upstreams(upstream.url, upstream.ca),
+        approvals=True,
+        slack=slack.section(),
+    )
+    raw = yaml.safe_load(config.read_text())
+    raw["gateway"]["name"] = name
+    raw["state_store"] = store
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return home, config
+
+
+async def measure(
+    a: rig.Proxy, b: rig.Proxy, upstream: rig.Upstream, count: int, slack: SlackRig
+) -> list[float]:
+    page_b = Page(b)
+    try:
+        print(f"approved on replica B, held on replica A, {count} holds one after another:")
+        api = await resume_latencies(a, page_b, upstream, count, "cross-api")
+        p50_api = print_resume("B's approvals API", api)
+        clicks = await resume_latencies(a, page_b, upstream, count, "cross-slack", slack)
+        p50_slack = print_resume("Slack click on B's connection", clicks, slack=True)
+        return [p50_api, p50_slack]
+    finally:
+        await page_b.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resumes", type=int, default=100)
+    parser.add_argument("--rules", type=int, default=1000)
+    args = parser.parse_args()
+    if why := unavailable():
+        print(f"bench_replicas: skipped: {why}")
+        return 0
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in rig.machine().items()))
+    work = Path(tempfile.mkdtemp(prefix="holdgate-bench-replicas-"))
+    with rig.running_upstream(work) as upstream, running_postgres() as pg:
+        slack = SlackRig()
+        store = {"url": pg.url, "lease_seconds": 15}
+        env = {**SLACK_ENV, "HOLDGATE_STATE_STORE_PASSWORD": pg.password}
+        home_a, config_a = replica_home(work, "replica-a", args.rules, upstream, slack, store)
+        home_b, config_b = replica_home(work, "replica-b", args.rules, upstream, slack, store)
+        a = rig.start_holdgate(home_a, config_a, env=env)
+        # One CA for both replicas, as behind one Service (B reads A's).
+        os.symlink(home_a / "certs", home_b / "certs", target_is_directory=True)
+        b = rig.start_holdgate(home_b, config_b, env=env)
+        try:
+            # B connected last: the simulator delivers clicks to the newest connection, B's.
+            p50s = asyncio.run(measure(a, b, upstream, args.resumes, slack))
+            met = all(p <= RESUME_GOAL_MS for p in p50s)
+            print(f"  goal p50 < {RESUME_GOAL_MS:.0f} ms: {'met' if met else 'MISSED'}")
+        finally:
+            b.stop()
+            a.stop()
+            slack.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
