@@ -6,7 +6,8 @@ dependencies pointing down this list (a folder imports only from folders below i
 - `gateway.py`, `master.py`, `cli.py`: the shell. The mitmproxy addon that ties the concerns to
   mitmproxy's hooks, the master `holdgate run` starts, and the command line;
   `unsafe_options.py` (mitmproxy options refused or held safe) and `request_limits.py` (head,
-  body and buffer bounds) and `operations.py` (/healthz, /readyz, /metrics) belong to it.
+  body and buffer bounds), `operations.py` (/healthz, /readyz, /metrics) and `workers.py`
+  (`holdgate run --workers N`: processes behind one port) belong to it.
   `metrics.py` (the gateway's Prometheus metrics), `printable.py` (outside text escaped for
   logs and tables) and `listening.py` (serving an aiohttp app on a port) import nothing of
   holdgate's, so any folder may use them.

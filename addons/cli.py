@@ -357,21 +357,27 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from holdgate import workers
+
+    worker = workers.current()
     try:
         config = _config(args)
         from holdgate.gateway import addons as gateway_addons
         from holdgate.gateway import fixed_listeners
         from holdgate.listening import busy_listener
 
-        # A port in use stops the start in one line, before anything is written.
+        # A port in use stops the start in one line, before anything is written (checked once,
+        # by the parent, for `--workers`: its workers share their ports).
         listeners = fixed_listeners(
             config,
             _port_override(args.mitmproxy_args, "holdgate_operations_port"),
             _port_override(args.mitmproxy_args, "holdgate_approvals_port"),
         )
-        if busy := busy_listener(listeners):
+        if worker is None and (busy := busy_listener(listeners)):
             print(f"holdgate: refusing to start: {busy}", file=sys.stderr)
             return EXIT_INVALID
+        if args.workers > 1 and worker is None:
+            return _run_workers(args, config)
         # Loaded once, here, so that errors are printed as `holdgate check` prints them.
         gateway_addons[0].prepare(config)
     except (SourceError, SourceErrors) as e:
@@ -379,6 +385,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_errors(e)
     from holdgate.master import run
 
+    if worker is not None:
+        workers.listen_with_reuse_port()
     host = args.listen_host or config.listen_host
     port = config.listen_port if args.listen_port is None else args.listen_port
     run(
@@ -396,6 +404,58 @@ def cmd_run(args: argparse.Namespace) -> int:
         ]
     )
     return 0
+
+
+def _run_workers(args: argparse.Namespace, config: Config) -> int:
+    """Start `--workers` gateway processes behind one port (holdgate.workers) and supervise."""
+    import os
+    import socket
+
+    from holdgate import workers
+    from holdgate.archive import signing
+    from holdgate.config.archive_settings import ArchiveSettings, ArchiveSettingsError
+    from holdgate.config.gateway_ca import ensure_ca
+    from holdgate.config.state_files import admin_token
+    from holdgate.gateway import mask_key
+
+    if "state_store" not in config.raw:
+        print(
+            "holdgate: refusing to start: --workers needs a state_store (workers share holds "
+            "through it; see README, Replicas)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    if config.sandbox_target is not None:
+        print("holdgate: refusing to start: --workers does not run the sandbox", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        archive = ArchiveSettings.from_dict(
+            config.raw.get("archive"), config.path.parent, config.state_dir
+        )
+    except ArchiveSettingsError as e:
+        print(f"holdgate: refusing to start, the configuration is invalid: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    # What every worker must share, made once before any starts (else each would make its own).
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_ca(config.certs_dir)
+    admin_token(config.state_dir)
+    if not os.environ.get("HOLDGATE_MASK_KEY"):
+        mask_key(config.state_dir)
+    if archive.signing_key is not None:
+        signing.load_or_create(archive.signing_key)
+    host = args.listen_host or config.listen_host
+    port = config.listen_port if args.listen_port is None else args.listen_port
+    if port == 0:  # one port for all: chosen here
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "holdgate.cli", "run", "--config", str(config.path),
+        "--listen-host", host, "--listen-port", str(port),
+        *(["--log-format", args.log_format] if args.log_format else []),
+        "--", *args.mitmproxy_args,
+    ]  # fmt: skip
+    return workers.supervise(command, args.workers)
 
 
 def _approvals_client(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
@@ -482,6 +542,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help=config_help)
     p.add_argument("--listen-host", help="address to listen on (default: from the config)")
     p.add_argument("--listen-port", type=int, help="port to listen on (default: from the config)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N gateway processes behind the one listen port (SO_REUSEPORT), one per core; "
+        "needs a state_store (they share holds through it); each archives its own chain "
+        "(NAME-wI); worker 0 serves the approvals page",
+    )
     p.add_argument(
         "--log-format",
         choices=("text", "json"),

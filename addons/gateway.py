@@ -21,7 +21,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addons.termlog import TermLogHandler
 from mitmproxy.log import MitmFormatter
 
-from holdgate import request_limits, unsafe_options
+from holdgate import request_limits, unsafe_options, workers
 from holdgate.approvals.addon import APPROVALS_PAGE, REASON_HEADER, Approvals, hold_record
 from holdgate.approvals.hold import HoldState
 from holdgate.archive.addon import Archive
@@ -196,8 +196,15 @@ class Gateway:
             listeners = fixed_listeners(
                 config, ctx.options.holdgate_operations_port, ctx.options.holdgate_approvals_port
             )
-            if not self._running and (busy := busy_listener(listeners)):
+            worker = workers.current()
+            # Workers share their ports (the parent checked them before starting any).
+            if not self._running and worker is None and (busy := busy_listener(listeners)):
                 raise exceptions.OptionsError(busy)
+            name = worker.name(config.name) if worker is not None else config.name
+            if worker is not None:  # one archive chain and one spool per worker
+                archive = dataclasses.replace(
+                    archive, spool=archive.spool / f"worker-{worker.index}"
+                )
             try:
                 state_store = StateStoreSettings.from_config(
                     config.raw.get("state_store"), os.environ, config.path.parent
@@ -205,11 +212,12 @@ class Gateway:
             except ValueError as e:
                 raise exceptions.OptionsError(f"holdgate configuration is invalid: {e}") from e
             if state_store is not None and self.approvals.state is None:
-                self.approvals.state = StateStore(state_store, config.name)
+                self.approvals.state = StateStore(state_store, name)
+            self.approvals.serve_page = worker is None or worker.first
             self.config, self.loaded = config, loaded
             # Responses reach the archive masked; request bodies are noted masked (below).
             self.archive.masked_by_gateway = True
-            self.archive.configure_settings(archive, config.name)
+            self.archive.configure_settings(archive, name)
             try:
                 self.approvals.configure_from(config, ctx.options.holdgate_approvals_port)
             except ValueError as e:
@@ -351,6 +359,9 @@ class Gateway:
         host, port = operations_settings(
             config.raw.get("operations"), ctx.options.holdgate_operations_port
         )
+        worker = workers.current()
+        if worker is not None and port > 0:
+            port += worker.index  # each worker its own /metrics: one port each
         server = OperationsServer(
             self.metrics.registry,
             {
@@ -363,7 +374,8 @@ class Gateway:
         if not url:
             return
         self.operations = server
-        operations_url_file(config.state_dir).write_text(url + "\n")
+        if worker is None or worker.first:
+            operations_url_file(config.state_dir).write_text(url + "\n")
         log.info("holdgate operations listening at %s (/healthz, /readyz, /metrics)", url)
 
     async def _policy_problem(self) -> str:

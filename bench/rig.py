@@ -227,10 +227,10 @@ def _wait_for_log(
 
 
 def start_holdgate(
-    home: Path, config: Path, *extra: str, env: dict[str, str] | None = None
+    home: Path, config: Path, *extra: str, env: dict[str, str] | None = None, workers: int = 1
 ) -> Proxy:
-    """`holdgate run --config FILE --listen-port 0`, its output going to home/gateway.log
-    (`env`: extra environment variables)."""
+    """`holdgate run --config FILE --listen-port 0 [--workers N]`, its output going to
+    home/gateway.log (`env`: extra environment variables)."""
     log = home / "gateway.log"
     started = time.monotonic()
     with log.open("wb") as out:
@@ -242,6 +242,7 @@ def start_holdgate(
                 str(config),
                 "--listen-port",
                 "0",
+                *(["--workers", str(workers)] if workers > 1 else []),
                 "--",
                 *extra,
             ],

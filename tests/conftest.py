@@ -114,10 +114,12 @@ def start_gateway(
     env: dict[str, str] | None = None,
     verbose: bool = False,
     mitmproxy_args: Sequence[str] = (),
+    workers: int = 1,
 ) -> GatewayProcess:
     """Write a config and rule files under `home` and start the gateway on a free port
     (`env`: extra environment variables for the gateway process; `verbose`: debug log level,
-    which includes a line per allowed request; `mitmproxy_args`: after `holdgate run --`)."""
+    which includes a line per allowed request; `mitmproxy_args`: after `holdgate run --`;
+    `workers`: `holdgate run --workers N`)."""
     rules_dir = home / "rules"
     rules_dir.mkdir(parents=True, exist_ok=True)
     for name, text in rules.items():
@@ -138,6 +140,7 @@ def start_gateway(
             str(config_path),
             "--listen-port",
             "0",
+            *(["--workers", str(workers)] if workers > 1 else []),
             "--",
             "--set",
             "holdgate_reload_interval=0.2",

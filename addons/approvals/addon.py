@@ -53,6 +53,8 @@ class Approvals:
         self.slack_settings: Any = None
         # Holds shared with the other replicas through this store (None: this process only).
         self.state: StateStore | None = None
+        # One page per host: with `--workers`, worker 0 serves it (it lists every worker's holds).
+        self.serve_page = True
         # Held flows whose answer is not sent yet (waited for at stop).
         self._answering: set[str] = set()
         self._answered = asyncio.Event()
@@ -107,7 +109,7 @@ class Approvals:
             except ReplicaNameTaken as e:
                 log.error("holdgate: %s", e)
                 raise SystemExit(2) from e
-        if settings.page_host is not None:
+        if settings.page_host is not None and self.serve_page:
             await self._start_page(settings)
         if self.slack_settings is not None:
             from holdgate.approvals.slack.channel import SlackChannel
