@@ -32,7 +32,8 @@ from holdgate.ledger.reaping import (
     delete_through_gateway,
     gateway_proxy_url,
 )
-from holdgate.ledger.store import Created, Filter, Ledger, ledger_path
+from holdgate.ledger.shared import LedgerStore, open_ledger
+from holdgate.ledger.store import Created, Filter
 from holdgate.printable import printable
 
 EXIT_REFUSED = 1
@@ -193,7 +194,7 @@ class GatewayLink:
     """How this command reaches the running gateway and its ledger."""
 
     config: Config
-    ledger: Ledger
+    ledger: LedgerStore
     proxy_url: str
     token: str
     page_url: str  # the approvals page, "" when it is not running
@@ -206,7 +207,7 @@ class GatewayLink:
         page_file = config.state_dir / "approvals-url"
         return cls(
             config=config,
-            ledger=Ledger(ledger_path(config.state_dir)),
+            ledger=open_ledger(config),
             proxy_url=gateway_proxy_url(config),
             token=admin_token(config.state_dir),
             page_url=page_file.read_text().strip().rstrip("/") if page_file.exists() else "",

@@ -23,21 +23,21 @@ from holdgate.config.gateway_config import Config
 from holdgate.identity.upstream_credentials import CredentialUnavailable
 from holdgate.kube.request_info import REVIEWS, classify
 from holdgate.ledger.reaping import Result, delete_through_gateway
+from holdgate.ledger.shared import LedgerStore, open_ledger
 from holdgate.ledger.store import (
     OWNED_PREFIX,
     Created,
     Filter,
     ForeignMetadata,
-    Ledger,
     created_from_response,
     label_body,
-    ledger_path,
     ownership_metadata,
     strip_owned_metadata,
 )
 from holdgate.policy.rules import Rule
 from holdgate.printable import printable
 from holdgate.request.facts import RequestFacts
+from holdgate.state.postgres import StateUnavailable
 
 log = logging.getLogger("holdgate")
 
@@ -94,7 +94,7 @@ class Ownership:
     """Labels creates, records them in the ledger on success, and runs the reaper loop."""
 
     def __init__(self) -> None:
-        self.ledger: Ledger | None = None
+        self.ledger: LedgerStore | None = None
         self.config: Config | None = None
         self.reap_interval: float = 0.0
         self.proxy_url = ""
@@ -107,7 +107,7 @@ class Ownership:
     def configure_from(self, config: Config, reaper_token: str) -> None:
         """Open the ledger of a loaded configuration."""
         self.config = config
-        self.ledger = Ledger(ledger_path(config.state_dir))
+        self.ledger = open_ledger(config)
         section = config.raw.get("ledger") or {}
         self.reap_interval = (
             float(section.get("reap_interval_seconds", 60)) if section.get("reap_expired") else 0.0
@@ -220,8 +220,11 @@ class Ownership:
             if entry is None:
                 log.error("ledger: a create by %s was not understood", record["agent"] or "-")
                 return
-            self.ledger.record(entry)
-            meta["ledger"] = entry.as_dict()
+            meta["ledger"] = entry.as_dict()  # on the flow: archived even if the ledger fails
+            try:
+                self.ledger.record(entry)
+            except StateUnavailable as e:
+                log.error("ledger: %s not recorded (the archive has it): %s", entry.where, e)
             log.info(
                 "ledger: %s (run %s) created %s (uid %s)",
                 entry.agent or "-",
@@ -240,7 +243,12 @@ class Ownership:
             identity = meta.get("request", {}).get("identity") or {}
             by = identity.get("agent", "") or "unknown agent"
             request = classify(flow.request.method, kube.get("path", ""), "")
-            for entry in self.ledger.mark_deleted_object(facts_target, request, by):
+            try:
+                closed = self.ledger.mark_deleted_object(facts_target, request, by)
+            except StateUnavailable as e:
+                log.error("ledger: a delete by %s not recorded: %s", by, e)
+                return
+            for entry in closed:
                 meta.setdefault("ledger_deleted", []).append(entry.uid)
                 log.info("ledger: %s deleted %s (uid %s)", by, entry.where, entry.uid)
 

@@ -19,7 +19,8 @@ import httpx
 from holdgate.config.gateway_ca import ca_cert_path
 from holdgate.config.gateway_config import Config
 from holdgate.identity.agents import REAPER_AGENT, RUN_SEPARATOR
-from holdgate.ledger.store import Created, Ledger, ledger_path
+from holdgate.ledger.shared import LedgerStore, open_ledger
+from holdgate.ledger.store import Created
 
 REASON_HEADER = "X-Holdgate-Reason"
 
@@ -97,7 +98,7 @@ def object_url(config: Config, entry: Created) -> str | None:
 
 
 def check_presence(
-    config: Config, proxy_url: str, token: str, entries: list[Created], ledger: Ledger
+    config: Config, proxy_url: str, token: str, entries: list[Created], ledger: LedgerStore
 ) -> list[Presence]:
     """GET each object through the gateway; a 404 (or another uid under the name) marks it gone."""
     out = []
@@ -128,13 +129,13 @@ def check_presence(
 
 
 def delete_through_gateway(
-    config: Config, proxy_url: str, token: str, entry: Created, ledger: Ledger | None = None
+    config: Config, proxy_url: str, token: str, entry: Created, ledger: LedgerStore | None = None
 ) -> Outcome:
     """DELETE one object through the gateway (a rule may hold it for approval: this waits)."""
     url = object_url(config, entry)
     if url is None:
         return Outcome(Result.FAILED, f"target {entry.target} is not configured")
-    ledger = ledger or Ledger(ledger_path(config.state_dir))
+    ledger = ledger or open_ledger(config)
     # The uid precondition: never delete a newer object that took the recorded one's name.
     options = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": entry.uid}}
     with _client(config, proxy_url, token, None, entry.run_id) as client:

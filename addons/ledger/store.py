@@ -1,7 +1,8 @@
 """The ledger of what agents created, so leftovers can be reported and reaped. No mitmproxy here.
 
-Kept in SQLite beside the local archive (`<state>/ledger.sqlite`); every entry is also on its
-flow's metadata, so it reaches the archive and survives the gateway.
+Kept in SQLite beside the local archive (`<state>/ledger.sqlite`), or with replicas in the
+shared state store (ledger/shared.py); every entry is also on its flow's metadata, so it
+reaches the archive and survives the gateway.
 """
 
 from __future__ import annotations
@@ -347,7 +348,7 @@ class Ledger:
     def find(self, where: Filter, now: float | None = None) -> list[Created]:
         """Entries matching a filter, oldest first."""
         now = now or time.time()
-        return [e for e in self._all() if _matches(e, where, now)]
+        return [e for e in self._all() if matches(e, where, now)]
 
     def _all(self) -> Iterator[Created]:
         with closing(self._connect()) as db:
@@ -356,7 +357,8 @@ class Ledger:
                 yield Created(**dict(row))
 
 
-def _matches(entry: Created, where: Filter, now: float) -> bool:
+def matches(entry: Created, where: Filter, now: float) -> bool:
+    """Whether a ledger entry passes a filter."""
     if entry.deleted_at is not None and not where.include_deleted:
         return False
     if where.agent is not None and entry.agent != where.agent:

@@ -77,6 +77,26 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (agent, digest)
     );
     """,
+    # The ledger of what agents created (ledger/shared.py), one for every replica.
+    """
+    CREATE TABLE holdgate_ledger (
+        uid text PRIMARY KEY,
+        created_at double precision NOT NULL,
+        agent text NOT NULL,
+        run_id text NOT NULL,
+        target text NOT NULL,
+        api_group text NOT NULL,
+        api_version text NOT NULL,
+        kind text NOT NULL,
+        resource text NOT NULL,
+        namespace text NOT NULL,
+        name text NOT NULL,
+        expires_at double precision,
+        deleted_at double precision,
+        deleted_by text NOT NULL DEFAULT ''
+    );
+    CREATE INDEX holdgate_ledger_object ON holdgate_ledger (name, namespace);
+    """,
 )
 
 
@@ -369,6 +389,38 @@ class StateStore:
     async def notify(conn: psycopg.AsyncConnection[Any], payload: str) -> None:
         """Tell every replica (this one too) at commit that `payload` changed."""
         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+
+_SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS holdgate_schema "
+    "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+)
+_APPLIED = "SELECT coalesce(max(version), 0) AS v FROM holdgate_schema"
+_RECORD = "INSERT INTO holdgate_schema (version) VALUES (%s)"
+
+
+def _pending(applied: Mapping[str, Any] | None) -> list[tuple[int, str]]:
+    done = int(applied["v"]) if applied else 0
+    return list(enumerate(MIGRATIONS[done:], start=done + 1))
+
+
+def connect_sync(settings: StateStoreSettings) -> psycopg.Connection[Any]:
+    """A blocking connection for commands and the ledger, the schema brought up to date
+    (StateUnavailable when the database cannot be reached)."""
+    kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 5, "row_factory": dict_row}
+    if settings.password:
+        kwargs["password"] = settings.password
+    try:
+        conn = psycopg.connect(settings.url, **kwargs)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            conn.execute(_SCHEMA_TABLE)
+            for version, sql in _pending(conn.execute(_APPLIED).fetchone()):
+                conn.execute(sql)
+                conn.execute(_RECORD, (version,))
+    except psycopg.Error as e:
+        raise StateUnavailable(f"the state store {settings.shown}: {_one_line(e)}") from e
+    return conn
 
 
 def _one_line(error: BaseException) -> str:

@@ -5,6 +5,7 @@ closed, the database away (nothing approved, allowed traffic goes on) and back."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -51,6 +52,7 @@ rules:
     reviewers: [local:alice, local:bob]
     required: 2
     timeout: 60s
+  - {id: pod-writes, action: allow, verbs: [create, delete], resources: [pods], namespaces: [sandbox]}
   - id: windowed-deletes
     action: approve
     resources: [configmaps]
@@ -338,3 +340,32 @@ def test_each_replica_archives_its_own_chain_and_verify_covers_all(
         }
     assert gateways == {"cluster"}
     assert "flows from" in replay.stdout
+
+
+def test_one_ledger_for_every_replica(
+    tmp_path: Path,
+    replicas: tuple[GatewayProcess, GatewayProcess],
+    postgres: PostgresServer,
+) -> None:
+    """What an agent created through A is listed by B's `holdgate resources`, and a delete
+    through B closes it."""
+    a, b = replicas
+    via_a = write_agent_kubeconfig(tmp_path / "a.kubeconfig", a)
+    via_b = write_agent_kubeconfig(tmp_path / "b.kubeconfig", b)
+    made = kubectl(via_a, "run", "ledgered", "--image=nginx", "-n", "sandbox")
+    assert made.returncode == 0, made.stderr
+    env = {**os.environ, "HOLDGATE_STATE_STORE_PASSWORD": postgres.password}
+    listing = subprocess.run(
+        [str(BIN / "holdgate"), "resources", "--config", str(b.home / "holdgate.yaml"),
+         "--no-check", "--json"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    rows = [r for r in json.loads(listing.stdout) if r["name"] == "ledgered"]
+    assert len(rows) == 1 and rows[0]["namespace"] == "sandbox"
+    gone = kubectl(via_b, "delete", "pod", "ledgered", "-n", "sandbox", "--wait=false")
+    assert gone.returncode == 0, gone.stderr
+    b.wait_for_output(r"ledger: .* deleted pods/ledgered -n sandbox")
+    deleted = postgres.query("SELECT deleted_by FROM holdgate_ledger WHERE name = 'ledgered'")
+    assert len(deleted) == 1 and deleted[0][0]
+    assert postgres.password not in listing.stdout + listing.stderr
