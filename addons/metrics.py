@@ -23,7 +23,9 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.holds_pending = Gauge(
-            "holdgate_holds_pending", "Requests waiting for approval now.", registry=self.registry
+            "holdgate_holds_pending",
+            "Requests this gateway process holds for approval now (replicas: each its own).",
+            registry=self.registry,
         )
         self.state_store_up = Gauge(
             "holdgate_state_store_up",

@@ -86,7 +86,8 @@ class Approvals:
                 self.state.on_connected.append(self.desk.reload)
                 self.state.on_tick.append(self.desk.sweep)
             self.desk.on_decided.append(self._count)
-            self.metrics.count_pending(lambda: len(self.desk.pending()) if self.desk else 0)
+            # Held by this process (with replicas, each counts its own: a sum adds up).
+            self.metrics.count_pending(lambda: self.desk.held_here() if self.desk else 0)
 
     @property
     def enabled(self) -> bool:

@@ -390,6 +390,11 @@ class ApprovalDesk:
             (h for h in self.holds.values() if not h.state.final), key=lambda h: h.created_at
         )
 
+    def held_here(self) -> int:
+        """How many requests this process holds (with a shared store, `pending` lists every
+        replica's)."""
+        return len(self._futures)
+
     def recent(self) -> list[Hold]:
         """The last decided holds, newest first."""
         return list(self._recent)

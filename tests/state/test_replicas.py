@@ -129,6 +129,11 @@ def replicas(
             assert postgres.password not in gateway.output()
 
 
+def _metrics(gateway: GatewayProcess) -> str:
+    url = gateway.wait_for_output(r"operations listening at (\S+)").group(1).rstrip("/")
+    return httpx.get(f"{url}/metrics", timeout=10, trust_env=False).text
+
+
 def in_background(kubeconfig: Path, *args: str) -> tuple[threading.Thread, list]:
     """kubectl in a thread (a held request blocks until it is decided)."""
     result: list = []
@@ -149,6 +154,9 @@ def test_a_hold_on_one_replica_is_decided_on_another(
     with Page(*page_address(b)) as page_b, Page(*page_address(a)) as page_a:
         (hold,) = page_b.wait_pending("held-configmaps")  # B lists A's hold
         assert [h["id"] for h in page_a.pending()] == [hold["id"]]
+        # Each replica counts the requests it holds: a sum over replicas adds up.
+        assert "holdgate_holds_pending 1.0" in _metrics(a)
+        assert "holdgate_holds_pending 0.0" in _metrics(b)
         answer = page_b.decide(hold["id"], True, ALICE)
         assert answer.status_code == 200, answer.text
     thread.join(timeout=60)
