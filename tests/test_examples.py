@@ -14,7 +14,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
 def test_there_are_slack_s3_and_oidc_examples() -> None:
-    assert {p.stem for p in EXAMPLES} >= {"slack", "s3", "oidc"}
+    assert {p.stem for p in EXAMPLES} >= {"slack", "s3", "oidc", "replicas"}
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -23,6 +23,7 @@ def test_the_example_checks(example: Path, tmp_path: Path) -> None:
         **os.environ,
         "SLACK_BOT_TOKEN": "xoxb-example",
         "SLACK_APP_TOKEN": "xapp-example",
+        "HOLDGATE_STATE_STORE_PASSWORD": "example",
         "HOLDGATE_HOME": str(tmp_path),
     }
     result = subprocess.run(
