@@ -368,6 +368,7 @@ class Gateway:
                 "policy": self._policy_problem,
                 "archive": self._archive_problem,
                 "approvals": self.approvals.channel_problems,
+                "state_store": self.approvals.state_store_problem,
             },
         )
         url = await server.listen(host, port, OPERATIONS_ENDPOINTS)

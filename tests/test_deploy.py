@@ -87,7 +87,9 @@ def test_every_object_validates_against_the_kubernetes_schemas(overlay: str) -> 
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Shared dependencies are left out of the probe (their outage is every replica's).
+    readiness = container["readinessProbe"]["httpGet"]["path"]
+    assert readiness == "/readyz?exclude=approvals&exclude=state_store"
     assert container["resources"]["requests"]
     if overlay == "production":
         assert "ServiceMonitor" in kinds

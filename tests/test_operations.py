@@ -35,7 +35,7 @@ def test_health_readiness_and_metrics_without_approvals(
             assert ready.status_code == 200
             assert ready.json() == {
                 "ready": True,
-                "checks": {"policy": "ok", "archive": "ok", "approvals": "ok"},
+                "checks": {"policy": "ok", "archive": "ok", "approvals": "ok", "state_store": "ok"},
             }
             metrics = ops.get("/metrics")
             assert "holdgate_requests_total" in metrics.text

@@ -126,13 +126,17 @@ class Approvals:
     async def channel_problems(self) -> str:
         """Why a configured approval channel cannot take decisions now ("" when all can)."""
         problems = []
-        if self.state is not None and not self.state.up:
-            problems.append(f"state store: {self.state.problem}")
         for channel in self.channels:
             health = getattr(channel, "health", None)
             if health is not None and (why := await health()):
                 problems.append(f"{channel.name}: {why}")
         return "; ".join(problems)
+
+    async def state_store_problem(self) -> str:
+        """Why the shared state store cannot be used now ("" when it can, or there is none)."""
+        if self.state is None or self.state.up:
+            return ""
+        return f"state store: {self.state.problem}"
 
     async def _start_page(self, settings: ApprovalSettings) -> None:
         assert self.desk is not None and self.config is not None and settings.page_host

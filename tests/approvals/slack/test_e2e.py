@@ -633,10 +633,10 @@ def test_slack_down_at_start_holds_still_expire_into_denial(
     assert_no_tokens(gw)
 
 
-def _readiness(gateway: GatewayProcess) -> httpx.Response:
+def _readiness(gateway: GatewayProcess, query: str = "") -> httpx.Response:
     gateway.wait_for_output(r"holdgate operations listening at (\S+)")
     url = (gateway.home / "var" / "operations-url").read_text().strip()
-    return httpx.get(f"{url}readyz", timeout=10)
+    return httpx.get(f"{url}readyz{query}", timeout=10)
 
 
 def test_a_slack_only_gateway_starts_no_page_and_is_ready_once_connected(
@@ -666,5 +666,11 @@ def test_a_slack_only_gateway_starts_no_page_and_is_ready_once_connected(
         assert not_ready.status_code == 503
         assert not_ready.json()["checks"]["approvals"] == "slack: Socket Mode not connected"
         assert not_ready.json()["checks"]["policy"] == "ok"
+        # A probe leaves out what every replica shares: Slack down takes no replica out.
+        probe = _readiness(gw, "?exclude=approvals&exclude=state_store")
+        assert probe.status_code == 200
+        assert probe.json()["checks"]["approvals"] == (
+            "slack: Socket Mode not connected (excluded)"
+        )
     finally:
         gw.stop()
