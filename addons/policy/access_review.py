@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 from holdgate.config.gateway_config import Config
+from holdgate.kube.impersonation import describe as describe_impersonation
 from holdgate.kube.request_info import BodyObject, KubeRequest, unread_reason
 from holdgate.policy.rules import Action, Decision, Policy, Rule
 from holdgate.request.facts import RequestFacts
@@ -99,6 +100,10 @@ def decide_review(
         why = unread_reason(body) or "the review has no spec"
         return Decision(Action.DENY, None, f"refused: {review}: {why}"), {"kind": review}
     if review == RULES_REVIEWS:
+        # It goes upstream with the gateway's credential: as someone else only where a rule
+        # allows that impersonation, as for any request.
+        if refused := impersonation_refused(policy, config, facts):
+            return refused, {"kind": review, "spec": spec}
         reason = "rules review: the upstream's rules, less what the gateway does not allow"
         return Decision(Action.ALLOW, None, reason), {"kind": review, "spec": spec}
     answer = answer_access(policy, config, facts, spec)
@@ -107,6 +112,29 @@ def decide_review(
     else:
         reason = f"access review answered by the gateway: {answer.status['reason']}"
     return Decision(Action.ALLOW, None, reason), {**answer.as_dict(), "spec": spec}
+
+
+def impersonation_refused(policy: Policy, config: Config, facts: RequestFacts) -> Decision | None:
+    """The refusal of a request's impersonation headers, each decided as an `impersonate`
+    request of its own, as `Policy.decide` does for any request (never audited through); None
+    when every one is allowed. A review is not held: an approve rule refuses here."""
+    for request in facts.impersonates:
+        alone = policy.decide(
+            dataclasses.replace(
+                facts, kube=request, exec=None, body=None, impersonates=(), flow=None
+            ),
+            config,
+        )
+        decided = alone.would or alone
+        if decided.rule is not None and decided.action is Action.ALLOW:
+            continue
+        why = "no rule allows it" if decided.rule is None else decided.reason
+        return Decision(
+            Action.DENY,
+            decided.rule,
+            f"impersonation of {describe_impersonation(request)} refused: {why}",
+        )
+    return None
 
 
 def asked_request(spec: Mapping[str, Any]) -> KubeRequest | str:

@@ -13,13 +13,14 @@ from holdgate.policy.access_review import (
     ACCESS_REVIEWS,
     RULES_REVIEWS,
     answer_access,
+    decide_review,
     filter_rules,
     self_review,
     with_note,
 )
 from holdgate.policy.rule_tests import decide_url
-from holdgate.policy.rules import LoadedPolicy, load_policy
-from holdgate.request.facts import RequestFacts
+from holdgate.policy.rules import Action, LoadedPolicy, load_policy
+from holdgate.request.facts import RequestFacts, build_facts
 from holdgate.request.flow_filter import compile_filter
 
 K = "https://kubernetes.default.svc/apis/authorization.k8s.io/v1"
@@ -278,3 +279,27 @@ def test_rules_review_keeps_what_both_allow(setup: tuple[Config, LoadedPolicy]) 
     prod = filter_rules(loaded.policy, config, facts, "prod", upstream)
     assert all(r["resources"] != ["*"] for r in prod["resourceRules"])
     assert all("secrets" not in r["resources"] for r in prod["resourceRules"])
+
+
+def test_a_rules_review_as_someone_else_needs_an_impersonation_rule(
+    setup: tuple[Config, LoadedPolicy],
+) -> None:
+    """A rules review goes upstream with the gateway's credential: its Impersonate-* headers
+    are decided first (this rule set allows neither them nor `/version`)."""
+    config, loaded = setup
+    facts = build_facts(
+        config,
+        method="POST",
+        host="kubernetes.default.svc",
+        port=443,
+        path_and_query="/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+        content_type="application/json",
+        body=json.dumps({"spec": {"namespace": "dev"}}).encode(),
+        identity=Identity("ci-1"),
+        headers=[("Impersonate-User", "admin")],
+    )
+    decision, _ = decide_review(loaded.policy, config, facts, RULES_REVIEWS)
+    assert decision.action is Action.DENY
+    assert decision.reason == 'impersonation of users "admin" refused: no rule allows it'
+    plain = review_facts(setup, RULES_REVIEWS, {"namespace": "dev"})
+    assert decide_review(loaded.policy, config, plain, RULES_REVIEWS)[0].action is Action.ALLOW
