@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 READ_VERBS = frozenset({"get", "list", "watch"})
 # Subresources that start a process, open a tunnel or act as someone: named, never implied.
@@ -212,9 +212,17 @@ class Observed:
         return str(self.resource or "")
 
     @property
+    def bare_url(self) -> str:
+        """The URL without its query: what plain HTTP rules match (a query can carry keys)."""
+        parts = urlsplit(self.url)
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+    @property
     def what(self) -> str:
         """The request in a few words: `list pods -n sandbox`, or `GET https://...`."""
-        if not self.kube or self.nonresource:
+        if not self.kube:
+            return f"{self.method} {self.bare_url}"
+        if self.nonresource:
             return f"{self.method} {self.url}"
         text = f"{self.verb} {self.full_resource}" + (f" {self.name}" if self.name else "")
         text += f" -n {self.namespace}" if self.namespace else ""

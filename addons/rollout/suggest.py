@@ -261,18 +261,26 @@ def _unique(rule_id: str, taken: set[str]) -> str:
     return candidate
 
 
+def _test_url(request: Observed) -> str:
+    """The URL a test replays: a plain HTTP target's without its query (rules match method and
+    path only, and queries carry API keys that do not belong in a rule file); a Kubernetes
+    request's whole (its query is part of what it is: watch, exec's command)."""
+    return request.url if request.kube else request.bare_url
+
+
 def _tests(rule_id: str, requests: list[Observed], covered: set[str]) -> tuple[dict[str, Any], ...]:
     """Up to TESTS_PER_RULE distinct real requests the rule covers, expected to be allowed
     by it (by any rule, for requests an existing allow rule covered already)."""
     tests: list[dict[str, Any]] = []
     seen: set[tuple[str, str]] = set()
     for request in requests:
-        if (request.method, request.url) in seen or len(tests) >= TESTS_PER_RULE:
+        url = _test_url(request)
+        if (request.method, url) in seen or len(tests) >= TESTS_PER_RULE:
             continue
-        seen.add((request.method, request.url))
+        seen.add((request.method, url))
         test: dict[str, Any] = {
             "name": f"{rule_id} #{len(tests) + 1}",
-            "request": f"{request.method} {request.url}",
+            "request": f"{request.method} {url}",
         }
         if request.agent:
             test["agent"] = request.agent

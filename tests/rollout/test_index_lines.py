@@ -102,3 +102,11 @@ def test_self_reviews_are_never_taken_for_the_default() -> None:
     assert not Observed.of(json.loads(json.dumps(entry))).fell_to_default
     del entry["review"]  # what the same flow looked like before: inferred as the default
     assert Observed.of(entry).fell_to_default
+
+
+def test_a_plain_http_request_is_described_without_its_query() -> None:
+    line = {"id": "f2", "ts": 1.0, "target": "api", "method": "GET", "decision": "deny",
+            "url": "https://api.internal/v1/status?api_key=canary-8086"}  # fmt: skip
+    seen = Observed.of(line)
+    assert seen.what == "GET https://api.internal/v1/status"
+    assert seen.bare_url == "https://api.internal/v1/status"

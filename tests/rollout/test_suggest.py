@@ -127,6 +127,15 @@ def test_http_targets_by_method_and_path(setup) -> None:
     assert rules["suggested-ci-bot-api-post"].rule["paths"] == ["/v1/orders"]
 
 
+def test_http_queries_stay_out_of_the_rule_file(setup) -> None:
+    """Rules match method and path; a query can carry an API key: the tests leave it out."""
+    canary = "api-key-canary-5150"
+    proposed, rules = _rules(setup, [http("GET", f"/v1/status?api_key={canary}")])
+    (test,) = rules["suggested-ci-bot-api-get"].tests
+    assert test["request"] == "GET https://api.internal/v1/status"
+    assert canary not in yaml.safe_dump([s.rule for s in proposed.rules]) + str(test)
+
+
 def test_what_is_never_proposed(setup) -> None:
     proposed, rules = _rules(
         setup,
