@@ -198,9 +198,18 @@ def write_home_config(home: Path, rules: str, **sections: object) -> Path:
     return path
 
 
-def write_agent_kubeconfig(path: Path, gateway: GatewayProcess, token: str = SIM_TOKEN) -> Path:
-    """A kubeconfig for kubectl: the virtual in-cluster host, through the gateway via proxy-url."""
+def write_agent_kubeconfig(
+    path: Path,
+    gateway: GatewayProcess,
+    token: str = SIM_TOKEN,
+    agent: tuple[str, str] | None = None,
+) -> Path:
+    """A kubeconfig for kubectl: the virtual in-cluster host, through the gateway via proxy-url;
+    `agent`: (name, or name+RUN_ID, and token) authenticating the agent in that proxy-url."""
     ca = base64.b64encode(gateway.ca_path.read_bytes()).decode()
+    proxy = gateway.proxy_url
+    if agent is not None:
+        proxy = f"http://{agent[0]}:{agent[1]}@127.0.0.1:{gateway.port}"
     path.write_text(
         yaml.safe_dump(
             {
@@ -212,7 +221,7 @@ def write_agent_kubeconfig(path: Path, gateway: GatewayProcess, token: str = SIM
                         "cluster": {
                             "server": "https://kubernetes.default.svc",
                             "certificate-authority-data": ca,
-                            "proxy-url": gateway.proxy_url,
+                            "proxy-url": proxy,
                         },
                     }
                 ],

@@ -11,7 +11,6 @@ from pathlib import Path
 import kubernetes
 import pytest
 import urllib3
-import yaml
 
 from holdgate.sandbox.kube_rbac import FULL_ACCESS, rule_from
 from holdgate.sandbox.kube_sim import KubeSimulator
@@ -96,12 +95,9 @@ def sim(simulator: KubeSimulator) -> Iterator[KubeSimulator]:
 
 def as_agent(tmp_path: Path, gateway: GatewayProcess, agent: str) -> Path:
     """A kubeconfig for `agent`: its proxy credentials in proxy-url, the cluster token as is."""
-    path = write_agent_kubeconfig(tmp_path / f"{agent}.kubeconfig", gateway)
-    config = yaml.safe_load(path.read_text())
-    proxy = gateway.proxy_url.replace("http://", f"http://{agent}:{TOKENS[agent]}@")
-    config["clusters"][0]["cluster"]["proxy-url"] = proxy
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_agent_kubeconfig(
+        tmp_path / f"{agent}.kubeconfig", gateway, agent=(agent, TOKENS[agent])
+    )
 
 
 def can_i(kubeconfig: Path, *args: str) -> tuple[int, str]:

@@ -91,11 +91,8 @@ def test_flows_are_archived_masked_and_replayable(tmp_path: Path, simulator: Kub
     }
     gw = start_gateway(tmp_path, config, {"r.yaml": RULES})
     try:
-        kubeconfig = write_agent_kubeconfig(tmp_path / "kc", gw, token="placeholder")
-        kubeconfig.write_text(
-            kubeconfig.read_text().replace(
-                gw.proxy_url, f"http://ci-bot+run-5:{AGENT_TOKEN}@127.0.0.1:{gw.port}"
-            )
+        kubeconfig = write_agent_kubeconfig(
+            tmp_path / "kc", gw, token="placeholder", agent=("ci-bot+run-5", AGENT_TOKEN)
         )
         assert (
             kubectl(

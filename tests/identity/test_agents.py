@@ -318,10 +318,8 @@ def test_owner_cannot_approve_own_agents_request(gateway: GatewayProcess, tmp_pa
 
 def test_kubectl_with_credentials_in_proxy_url(gateway: GatewayProcess, tmp_path: Path) -> None:
     kubeconfig = write_agent_kubeconfig(
-        tmp_path / "kc", gateway, token="placeholder-not-a-credential"
+        tmp_path / "kc", gateway, token="placeholder-not-a-credential", agent=("ci-bot", CI_TOKEN)
     )
-    data = kubeconfig.read_text().replace(gateway.proxy_url, proxy(gateway, "ci-bot", CI_TOKEN))
-    kubeconfig.write_text(data)
     result = kubectl(kubeconfig, "get", "ns")
     assert result.returncode == 0, result.stderr
     no_creds = write_agent_kubeconfig(tmp_path / "kc2", gateway)

@@ -264,10 +264,9 @@ def gateway(
 
 def agent_kubeconfig(gateway: GatewayProcess, path: Path, run_id: str) -> Path:
     """kubectl as ci-bot, tagging its flows with a run id (credentials in the proxy URL)."""
-    kubeconfig = write_agent_kubeconfig(path, gateway, token="placeholder")
-    proxy = f"http://ci-bot+{run_id}:{CI_TOKEN}@127.0.0.1:{gateway.port}"
-    kubeconfig.write_text(kubeconfig.read_text().replace(gateway.proxy_url, proxy))
-    return kubeconfig
+    return write_agent_kubeconfig(
+        path, gateway, token="placeholder", agent=(f"ci-bot+{run_id}", CI_TOKEN)
+    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

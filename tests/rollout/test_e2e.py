@@ -110,11 +110,8 @@ def test_suggest_and_report_read_what_kubectl_did(tmp_path: Path, simulator: Kub
     }
     gw = start_gateway(tmp_path, config, {"r.yaml": RULES})
     try:
-        kubeconfig = write_agent_kubeconfig(tmp_path / "kc", gw, token="placeholder")
-        kubeconfig.write_text(
-            kubeconfig.read_text().replace(
-                gw.proxy_url, f"http://ci-bot:{AGENT_TOKEN}@127.0.0.1:{gw.port}"
-            )
+        kubeconfig = write_agent_kubeconfig(
+            tmp_path / "kc", gw, token="placeholder", agent=("ci-bot", AGENT_TOKEN)
         )
         # Left to the target's default (deny): reads, a write, a shell.
         assert kubectl(kubeconfig, "get", "pods", "-n", "sandbox").returncode != 0

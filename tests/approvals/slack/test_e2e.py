@@ -272,10 +272,7 @@ def page(gateway: GatewayProcess) -> Iterator[Page]:
 
 def agent_kubeconfig(path: Path, gateway: GatewayProcess) -> Path:
     """kubectl as the agent ci-bot: its credentials in the kubeconfig's proxy-url."""
-    kubeconfig = write_agent_kubeconfig(path, gateway)
-    authenticated = f"http://ci-bot:{AGENT_TOKEN}@127.0.0.1:{gateway.port}"
-    kubeconfig.write_text(kubeconfig.read_text().replace(gateway.proxy_url, authenticated))
-    return kubeconfig
+    return write_agent_kubeconfig(path, gateway, agent=("ci-bot", AGENT_TOKEN))
 
 
 @pytest.fixture
