@@ -129,9 +129,13 @@ def replicas(
             assert postgres.password not in gateway.output()
 
 
+def _operations(gateway: GatewayProcess) -> str:
+    """The gateway's operations listener (/healthz, /readyz, /metrics), without a final /."""
+    return gateway.wait_for_output(r"operations listening at (\S+)").group(1).rstrip("/")
+
+
 def _metrics(gateway: GatewayProcess) -> str:
-    url = gateway.wait_for_output(r"operations listening at (\S+)").group(1).rstrip("/")
-    return httpx.get(f"{url}/metrics", timeout=10, trust_env=False).text
+    return httpx.get(f"{_operations(gateway)}/metrics", timeout=10, trust_env=False).text
 
 
 def in_background(kubeconfig: Path, *args: str) -> tuple[threading.Thread, list]:
@@ -272,7 +276,7 @@ def test_the_database_away_approves_nothing_and_allowed_traffic_goes_on(
 ) -> None:
     a, _ = replicas
     agent = write_agent_kubeconfig(tmp_path / "agent.kubeconfig", a)
-    ready = a.wait_for_output(r"operations listening at (\S+)").group(1).rstrip("/")
+    ready = _operations(a)
     printed = a.printed()
     postgres.stop()
     try:
@@ -289,8 +293,7 @@ def test_the_database_away_approves_nothing_and_allowed_traffic_goes_on(
         # Service, so allowed traffic goes on.
         probe = httpx.get(f"{ready}/readyz?exclude=state_store", timeout=10, trust_env=False)
         assert probe.status_code == 200, probe.text
-        metrics = httpx.get(f"{ready}/metrics", timeout=10, trust_env=False).text
-        assert "holdgate_state_store_up 0.0" in metrics
+        assert "holdgate_state_store_up 0.0" in _metrics(a)
     finally:
         printed = a.printed()
         postgres.start()

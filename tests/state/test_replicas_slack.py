@@ -22,9 +22,9 @@ from tests.approvals.slack.test_e2e import (
     gateway_config,
     header,
 )
-from tests.conftest import GatewayProcess, kubectl
+from tests.conftest import GatewayProcess
 from tests.state.postgres import PostgresServer, unavailable
-from tests.state.test_replicas import LEASE, start_replica
+from tests.state.test_replicas import LEASE, in_background, start_replica
 
 pytestmark = [
     pytest.mark.skipif(bool(unavailable()), reason=unavailable() or ""),
@@ -83,11 +83,9 @@ def replicas(
 
 
 def create_secret(kubeconfig: Path, name: str) -> tuple[threading.Thread, list]:
-    result: list = []
-    args = ("create", "secret", "generic", name, "--from-literal=k=v", "-n", "sandbox")
-    thread = threading.Thread(target=lambda: result.append(kubectl(kubeconfig, *args, timeout=90)))
-    thread.start()
-    return thread, result
+    return in_background(
+        kubeconfig, "create", "secret", "generic", name, "--from-literal=k=v", "-n", "sandbox"
+    )
 
 
 def test_a_click_on_the_other_replica_s_connection_decides(

@@ -7,7 +7,6 @@ import hashlib
 import re
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import httpx
@@ -20,14 +19,13 @@ from tests.conftest import (
     SIM_TOKEN,
     Page,
     kube_target,
-    kubectl,
     page_address,
     start_gateway,
     trust,
     write_agent_kubeconfig,
 )
 from tests.state.postgres import PostgresServer, unavailable
-from tests.state.test_replicas import ALICE, RULES, state_store
+from tests.state.test_replicas import ALICE, RULES, in_background, state_store
 
 pytestmark = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or "")
 
@@ -69,13 +67,9 @@ def test_workers_share_one_port_and_their_holds(
                 assert answer.status_code == 200
         # A hold on whichever worker takes it, approved on worker 0's page.
         agent = write_agent_kubeconfig(tmp_path / "agent.kubeconfig", gateway)
-        result: list = []
-        thread = threading.Thread(
-            target=lambda: result.append(
-                kubectl(agent, "create", "configmap", "from-a-worker", "-n", "sandbox", timeout=90)
-            )
+        thread, result = in_background(
+            agent, "create", "configmap", "from-a-worker", "-n", "sandbox"
         )
-        thread.start()
         with Page(*page_address(gateway)) as page:
             (hold,) = page.wait_pending("held-configmaps")
             assert page.decide(hold["id"], True, ALICE).status_code == 200
