@@ -22,6 +22,9 @@ import yaml
 
 from holdgate.archive.store import ArchiveStore
 from holdgate.config.archive_settings import ArchiveSettings
+from holdgate.config.gateway_config import Config, load_config
+from holdgate.policy.rules import LoadedPolicy, load_policy
+from holdgate.request.flow_filter import compile_filter
 from holdgate.sandbox.kube_sim import KubeSimulator, running_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,6 +199,16 @@ def write_home_config(home: Path, rules: str, **sections: object) -> Path:
     path = home / "holdgate.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def load_policy_home(home: Path, config: str, rules: str) -> tuple[Config, LoadedPolicy]:
+    """A configuration (YAML text naming `rules: [rules]`) and one rule file under `home`,
+    loaded as `holdgate check` loads them."""
+    (home / "rules").mkdir(exist_ok=True)
+    (home / "rules" / "rules.yaml").write_text(rules)
+    (home / "holdgate.yaml").write_text(config)
+    loaded_config = load_config(home / "holdgate.yaml")
+    return loaded_config, load_policy(loaded_config.rule_files(), loaded_config, compile_filter)
 
 
 def write_agent_kubeconfig(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from holdgate.config.gateway_config import Config, load_config
+from holdgate.config.gateway_config import Config
 from holdgate.identity.agents import Identity
 from holdgate.policy.access_review import (
     ACCESS_REVIEWS,
@@ -19,9 +19,9 @@ from holdgate.policy.access_review import (
     with_note,
 )
 from holdgate.policy.rule_tests import decide_url
-from holdgate.policy.rules import Action, LoadedPolicy, load_policy
+from holdgate.policy.rules import Action, LoadedPolicy
 from holdgate.request.facts import RequestFacts, build_facts
-from holdgate.request.flow_filter import compile_filter
+from tests.conftest import load_policy_home
 
 K = "https://kubernetes.default.svc/apis/authorization.k8s.io/v1"
 RULES = """
@@ -51,15 +51,11 @@ rules:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, LoadedPolicy]:
-    home = tmp_path_factory.mktemp("reviews")
-    (home / "rules").mkdir()
-    (home / "rules" / "r.yaml").write_text(RULES)
-    (home / "holdgate.yaml").write_text(
+    config = (
         "rules: [rules]\n"
         "targets: [{name: cluster, kind: kubernetes, hosts: [kubernetes.default.svc]}]\n"
     )
-    config = load_config(home / "holdgate.yaml")
-    return config, load_policy(config.rule_files(), config, compile_filter)
+    return load_policy_home(tmp_path_factory.mktemp("reviews"), config, RULES)
 
 
 def review_facts(

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from holdgate.config.gateway_config import load_config
 from holdgate.policy.lint import command_warnings
 from holdgate.policy.rule_tests import decide_url
-from holdgate.policy.rules import Action, load_policy
-from holdgate.request.flow_filter import compile_filter
+from holdgate.policy.rules import Action
+from tests.conftest import load_policy_home
 
 K = "https://kubernetes.default.svc/api/v1/namespaces"
 RULES = """
@@ -32,15 +31,11 @@ rules:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("commands")
-    (home / "rules").mkdir()
-    (home / "rules" / "rules.yaml").write_text(RULES)
-    (home / "holdgate.yaml").write_text(
+    config = (
         "rules: [rules]\napprovals: {page: {listen_host: 127.0.0.1, listen_port: 0}}\n"
         "targets:\n  - {name: cluster, kind: kubernetes, hosts: [kubernetes.default.svc]}\n"
     )
-    config = load_config(home / "holdgate.yaml")
-    return config, load_policy(config.rule_files(), config, compile_filter)
+    return load_policy_home(tmp_path_factory.mktemp("commands"), config, RULES)
 
 
 @pytest.mark.parametrize(

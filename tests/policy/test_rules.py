@@ -27,6 +27,7 @@ from holdgate.policy.rules import (
 )
 from holdgate.request.facts import RequestFacts
 from holdgate.request.flow_filter import compile_filter
+from tests.conftest import load_policy_home
 
 K = "https://kubernetes.default.svc"
 
@@ -384,17 +385,13 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("policy")
-    (home / "rules").mkdir()
-    (home / "rules" / "rules.yaml").write_text(RULES)
-    (home / "holdgate.yaml").write_text(
+    config = (
         "rules: [rules]\n"
         "targets:\n"
         "  - {name: cluster, kind: kubernetes, hosts: [kubernetes.default.svc]}\n"
         "  - {name: api, kind: http, hosts: [api.internal]}\n"
     )
-    config = load_config(home / "holdgate.yaml")
-    return config, load_policy(config.rule_files(), config, compile_filter)
+    return load_policy_home(tmp_path_factory.mktemp("policy"), config, RULES)
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from holdgate.config.gateway_config import Config, load_config
-from holdgate.policy.rules import LoadedPolicy, load_policy
-from holdgate.request.flow_filter import compile_filter
+from holdgate.config.gateway_config import Config
+from holdgate.policy.rules import LoadedPolicy
+from tests.conftest import load_policy_home
 
 K = "https://kubernetes.default.svc"
 API = "https://api.internal"
@@ -56,11 +56,7 @@ tests:
 
 def home(tmp: Path, rules: str = RULES) -> tuple[Config, LoadedPolicy]:
     """A configuration with the rules above, and its loaded policy."""
-    (tmp / "rules").mkdir(exist_ok=True)
-    (tmp / "rules" / "rules.yaml").write_text(rules)
-    (tmp / "holdgate.yaml").write_text(CONFIG)
-    config = load_config(tmp / "holdgate.yaml")
-    return config, load_policy(config.rule_files(), config, compile_filter)
+    return load_policy_home(tmp, CONFIG, rules)
 
 
 _COUNTER = iter(range(1, 1_000_000))
