@@ -27,7 +27,6 @@ from functools import lru_cache
 from typing import Any
 
 from holdgate.config.gateway_config import Config
-from holdgate.kube.impersonation import describe as describe_impersonation
 from holdgate.kube.request_info import BodyObject, KubeRequest, unread_reason
 from holdgate.policy.rules import Action, Decision, Policy, Rule
 from holdgate.request.facts import RequestFacts
@@ -115,26 +114,15 @@ def decide_review(
 
 
 def impersonation_refused(policy: Policy, config: Config, facts: RequestFacts) -> Decision | None:
-    """The refusal of a request's impersonation headers, each decided as an `impersonate`
-    request of its own, as `Policy.decide` does for any request (never audited through); None
-    when every one is allowed. A review is not held: an approve rule refuses here."""
-    for request in facts.impersonates:
-        alone = policy.decide(
-            dataclasses.replace(
-                facts, kube=request, exec=None, body=None, impersonates=(), flow=None
-            ),
-            config,
-        )
-        decided = alone.would or alone
-        if decided.rule is not None and decided.action is Action.ALLOW:
-            continue
-        why = "no rule allows it" if decided.rule is None else decided.reason
-        return Decision(
-            Action.DENY,
-            decided.rule,
-            f"impersonation of {describe_impersonation(request)} refused: {why}",
-        )
-    return None
+    """The refusal of a request's impersonation headers, decided as for any request
+    (`Policy.impersonations`); None when every one is allowed. A review is not held: an
+    approve rule refuses here."""
+    decided = policy.impersonations(facts, config)
+    if decided is None or decided.action is Action.ALLOW:
+        return None
+    if decided.action is Action.APPROVE:
+        return Decision(Action.DENY, decided.rule, f"{decided.reason} (a review is not held)")
+    return decided
 
 
 def asked_request(spec: Mapping[str, Any]) -> KubeRequest | str:
@@ -207,18 +195,18 @@ def _reads_body(rule: Rule) -> bool:
     return rule.reads_body or rule.pod_security is not None
 
 
-def decide_asked(
-    policy: Policy, config: Config, facts: RequestFacts
-) -> tuple[Decision, list[Rule]]:
-    """The decision for an asked request by the rules that do not read a body, and the deny
-    or approve rules that read one and could still refuse it."""
-    decision = _without_body_rules(policy).decide(facts, config)
-    judging = [
+def decide_asked(policy: Policy, config: Config, facts: RequestFacts) -> Decision:
+    """The decision for an asked request by the rules that do not read a body."""
+    return _without_body_rules(policy).decide(facts, config)
+
+
+def judging_rules(policy: Policy, facts: RequestFacts) -> list[Rule]:
+    """The deny or approve rules that read a body and could still refuse the asked request."""
+    return [
         r
         for r in policy.candidates(facts)
         if _reads_body(r) and r.action is not Action.ALLOW and r.matches(facts)
     ]
-    return decision, judging
 
 
 def answer_access(
@@ -228,7 +216,8 @@ def answer_access(
     asked = asked_request(spec)
     if isinstance(asked, str):
         return AccessAnswer(None, None, {"allowed": False, "reason": f"holdgate: {asked}"})
-    decision, judging = decide_asked(policy, config, asked_facts(facts, asked))
+    asked_as = asked_facts(facts, asked)
+    decision = decide_asked(policy, config, asked_as)
     if decision.action is Action.DENY:
         status = {"allowed": False, "denied": True, "reason": f"holdgate: {decision.reason}"}
         return AccessAnswer(asked, decision, status)
@@ -239,7 +228,7 @@ def answer_access(
     notes = []
     if decision.would is not None:
         notes.append(f"holdgate audit mode: would {decision.would.action}: {decision.would.reason}")
-    if judging:
+    if judging := judging_rules(policy, asked_as):
         ids = ", ".join(r.id for r in judging)
         notes.append(f"holdgate: the object sent is checked by {ids}")
     return AccessAnswer(asked, decision, None, "; ".join(notes))
@@ -356,9 +345,10 @@ def _allowed_resource_rules(
 
 def _allows(policy: Policy, config: Config, facts: RequestFacts, asked: KubeRequest) -> bool:
     """Whether the gateway lets the asked request (or every request a wildcard stands for) through."""
-    if self_review(asked_facts(facts, asked)):
+    asked_as = asked_facts(facts, asked)
+    if self_review(asked_as):
         return True  # the gateway always answers self-reviews
-    decision, _ = decide_asked(policy, config, asked_facts(facts, asked))
+    decision = decide_asked(policy, config, asked_as)
     if decision.action is not Action.ALLOW:
         return False
     if not (_wild(asked.api_group) or _wild(asked.resource) or _wild(asked.subresource)):
@@ -397,5 +387,5 @@ def _allows_url(policy: Policy, config: Config, facts: RequestFacts, url: str, v
     if url == "*":
         return False  # every path: the gateway's rules never allow all of them at once
     asked = KubeRequest(resource_request=False, path=url, verb=verb)
-    decision, _ = decide_asked(policy, config, asked_facts(facts, asked))
+    decision = decide_asked(policy, config, asked_facts(facts, asked))
     return decision.action is Action.ALLOW

@@ -212,9 +212,22 @@ class Policy:
         """
         decision = self._decide(facts, config)
         enforced = decision
+        if decision.action is not Action.DENY:
+            as_someone = self.impersonations(facts, config)
+            if as_someone is not None and (
+                _RESTRICTIVENESS[as_someone.action] < _RESTRICTIVENESS[decision.action]
+            ):
+                decision = as_someone
+        if decision is not enforced or facts.problem:
+            return decision  # impersonation and unreadable requests are never audited through
+        return audited(decision, facts, config)
+
+    def impersonations(self, facts: RequestFacts, config: Config) -> Decision | None:
+        """The most restrictive decision (the first of them) among the request's
+        impersonations, each an `impersonate` request of its own; one no rule matches is
+        refused. None when the request impersonates no one. Never audited through."""
+        worst: Decision | None = None
         for request in facts.impersonates:
-            if decision.action is Action.DENY:
-                break
             as_someone = self._decide(
                 dataclasses.replace(facts, kube=request, exec=None, body=None), config
             )
@@ -227,11 +240,14 @@ class Policy:
                 as_someone = dataclasses.replace(
                     as_someone, reason=f"impersonation of {what}: {as_someone.reason}"
                 )
-            if _RESTRICTIVENESS[as_someone.action] < _RESTRICTIVENESS[decision.action]:
-                decision = as_someone
-        if decision is not enforced or facts.problem:
-            return decision  # impersonation and unreadable requests are never audited through
-        return audited(decision, facts, config)
+            if (
+                worst is None
+                or _RESTRICTIVENESS[as_someone.action] < _RESTRICTIVENESS[worst.action]
+            ):
+                worst = as_someone
+            if worst.action is Action.DENY:
+                break
+        return worst
 
     def _decide(self, facts: RequestFacts, config: Config) -> Decision:
         if facts.problem:
