@@ -408,7 +408,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_workers(args: argparse.Namespace, config: Config) -> int:
     """Start `--workers` gateway processes behind one port (holdgate.workers) and supervise."""
-    import os
     import socket
 
     from holdgate import workers
@@ -439,8 +438,7 @@ def _run_workers(args: argparse.Namespace, config: Config) -> int:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     ensure_ca(config.certs_dir)
     admin_token(config.state_dir)
-    if not os.environ.get("HOLDGATE_MASK_KEY"):
-        mask_key(config.state_dir)
+    mask_key(config.state_dir)  # $HOLDGATE_MASK_KEY, when set, is used and nothing written
     if archive.signing_key is not None:
         signing.load_or_create(archive.signing_key)
     host = args.listen_host or config.listen_host

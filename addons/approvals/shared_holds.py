@@ -155,15 +155,15 @@ class SharedHolds:
         async with self.store.transaction() as conn:
             cursor = await conn.execute(
                 """
-                SELECT h.id, h.replica,
-                       NOT EXISTS (SELECT 1 FROM holdgate_replicas r
-                                   WHERE r.instance = h.instance AND r.lease_until > now())
-                           AS gone
-                FROM holdgate_holds h
-                WHERE h.state = 'pending'
-                  AND (h.expires_at < %s OR NOT EXISTS (
-                        SELECT 1 FROM holdgate_replicas r
-                        WHERE r.instance = h.instance AND r.lease_until > now()))
+                SELECT id, replica, gone FROM (
+                    SELECT h.id, h.replica, h.expires_at,
+                           NOT EXISTS (SELECT 1 FROM holdgate_replicas r
+                                       WHERE r.instance = h.instance AND r.lease_until > now())
+                               AS gone
+                    FROM holdgate_holds h
+                    WHERE h.state = 'pending'
+                ) pending
+                WHERE gone OR expires_at < %s
                 """,
                 (now - EXPIRY_GRACE,),
             )

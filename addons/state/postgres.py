@@ -147,6 +147,13 @@ class StateStoreSettings:
         lease = float(section.get("lease_seconds") or DEFAULT_LEASE)
         return cls(url=url, password=password, lease=lease)
 
+    def connect_kwargs(self) -> dict[str, Any]:
+        """psycopg's connection options: autocommit, a connect timeout, the password if any."""
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 5}
+        if self.password:
+            kwargs["password"] = self.password
+        return kwargs
+
     @property
     def shown(self) -> str:
         """The URL as logs may show it (it never holds the password)."""
@@ -249,9 +256,7 @@ class StateStore:
             self._connected.clear()
 
     async def _connect(self, claim_wait: float) -> None:
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 5}
-        if self.settings.password:
-            kwargs["password"] = self.settings.password
+        kwargs = self.settings.connect_kwargs()
         url = self.settings.url
         self._tx = await asyncio.wait_for(
             psycopg.AsyncConnection.connect(url, row_factory=dict_row, **kwargs),
@@ -407,11 +412,8 @@ def _pending(applied: Mapping[str, Any] | None) -> list[tuple[int, str]]:
 def connect_sync(settings: StateStoreSettings) -> psycopg.Connection[Any]:
     """A blocking connection for commands and the ledger, the schema brought up to date
     (StateUnavailable when the database cannot be reached)."""
-    kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 5, "row_factory": dict_row}
-    if settings.password:
-        kwargs["password"] = settings.password
     try:
-        conn = psycopg.connect(settings.url, **kwargs)
+        conn = psycopg.connect(settings.url, row_factory=dict_row, **settings.connect_kwargs())
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             conn.execute(_SCHEMA_TABLE)
